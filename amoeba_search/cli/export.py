@@ -1,0 +1,61 @@
+"""amoeba-export: write one subnet as a standalone Hugging Face checkpoint (and optionally GGUF)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from amoeba_search.cli._common import emit_json, run
+
+PROG = "amoeba-export"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Cut one subnet out of a model and save it as a standalone checkpoint that "
+                    "AutoModelForCausalLM.from_pretrained loads (safetensors, config, tokenizer, provenance).",
+        epilog="example: amoeba-export --shape d24-f0.75-h0.667 --strategy profiles/smollm2-135m/strategy.json --out out/d24",
+    )
+    parser.add_argument("--model", default="smollm2-135m",
+                        help="alias, local HF directory, .gguf file or HF id (default: %(default)s)")
+    parser.add_argument("--shape", required=True, help="subnet shape, e.g. d24-f0.75-h0.667")
+    parser.add_argument("--strategy", help="selection strategy JSON from amoeba-select (kept layers, width orders)")
+    parser.add_argument("--layers", help="comma-separated kept layer indices (instead of a strategy)")
+    parser.add_argument("--gguf", choices=["f16", "f32"], help="also write a GGUF file for llama.cpp")
+    parser.add_argument("--out", required=True, type=Path, help="output directory (must not exist)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def body():
+        from amoeba_search.models.export import export_subnet
+        from amoeba_search.models.session import open_supernet
+        from amoeba_search.shapes import SubnetShape
+
+        shape = SubnetShape.parse(args.shape)
+        if args.out.exists() and not args.overwrite:
+            raise FileExistsError(f"{args.out} already exists; choose another --out or pass --overwrite")
+        loaded = open_supernet(args.model, args.strategy)
+        loaded.space(min_depth=1).validate(shape)
+        if args.layers:
+            layers = [int(i) for i in args.layers.split(",")]
+        else:
+            layers = loaded.layers_for(shape)
+        out = export_subnet(loaded.supernet, shape, args.out, layers=layers, tokenizer=loaded.tokenizer,
+                            gguf=args.gguf, provenance=loaded.provenance, overwrite=args.overwrite)
+        summary = {"out": str(out), "shape": str(shape), "kept_layers": list(loaded.supernet.active_layers),
+                   "files": sorted(p.name for p in out.iterdir())}
+        if args.json:
+            emit_json(summary)
+        else:
+            print(f"exported {shape} (layers {summary['kept_layers']}) to {out}")
+
+    return run(PROG, body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,56 @@
+"""amoeba-ppl: perplexity of one subnet (or an exported checkpoint) on held-out text."""
+from __future__ import annotations
+
+import argparse
+
+from amoeba_search.cli._common import emit_json, run
+
+PROG = "amoeba-ppl"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Perplexity of a subnet of a model on token blocks of a text source.",
+        epilog="example: amoeba-ppl --shape d24-f1-h1 --strategy profiles/smollm2-135m/strategy.json --data wiki")
+    parser.add_argument("--model", default="smollm2-135m",
+                        help="alias, local HF directory (e.g. an amoeba-export output), .gguf file or HF id")
+    parser.add_argument("--shape", help="subnet shape (default: the full model)")
+    parser.add_argument("--strategy", help="selection strategy JSON (needed below full depth)")
+    parser.add_argument("--data", default="wiki",
+                        help="text source: austen, lee, wiki, a .txt/.jsonl file or directory, hf:NAME (default: %(default)s)")
+    parser.add_argument("--split", default="eval", choices=["train", "calib", "eval"])
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--max-blocks", type=int, default=32, help="blocks of --seq-len tokens to score")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--json", action="store_true", help="print a machine-readable result")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def body():
+        from amoeba_search.data import token_blocks
+        from amoeba_search.evaluation.perplexity import perplexity
+        from amoeba_search.models.session import open_supernet
+        from amoeba_search.shapes import SubnetShape
+
+        loaded = open_supernet(args.model, args.strategy)
+        shape = SubnetShape.parse(args.shape) if args.shape else loaded.supernet.full_shape()
+        loaded.space(min_depth=1).validate(shape)
+        loaded.activate(shape)
+        blocks = token_blocks(args.data, loaded.tokenizer, split=args.split, seq_len=args.seq_len,
+                              max_blocks=args.max_blocks)
+        result = perplexity(loaded.supernet, blocks, batch_size=args.batch_size, progress=not args.json)
+        record = {"model": args.model, "shape": str(shape), "kept_layers": list(loaded.supernet.active_layers),
+                  "data": args.data, "split": args.split, "seq_len": args.seq_len, **result.to_dict()}
+        if args.json:
+            emit_json(record)
+        else:
+            print(f"{shape}: perplexity {result.ppl:.3f} over {result.tokens} tokens of {args.data}/{args.split}")
+
+    return run(PROG, body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

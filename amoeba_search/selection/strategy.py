@@ -1,0 +1,96 @@
+"""The selection strategy file: which layers each depth keeps, and the importance order of every width.
+
+Versioned JSON, never pickle. Made by ``amoeba-select`` (stage 1) and read by everything that cuts a subnet.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from amoeba_search.paths import atomic_write_text
+from amoeba_search.shapes import SubnetShape
+
+SCHEMA_VERSION = 1
+
+
+class StrategyMismatchError(ValueError):
+    """The strategy was computed for another model."""
+
+
+@dataclass
+class SelectionStrategy:
+    fingerprint: dict[str, Any]                               # models.fingerprint.model_fingerprint(...)
+    depth_layers: dict[int, list[int]]                        # depth -> kept layer indices (ascending)
+    depth_metric: dict[int, float] = field(default_factory=dict)  # depth -> calibration metric reached
+    ffn_orders: list[list[int]] | None = None                 # per layer: FFN channels, most important first
+    head_orders: list[list[list[int]]] | None = None          # per layer, per KV group: heads ranked in group
+    calibration: dict[str, Any] = field(default_factory=dict) # source, samples, seq_len, metric, ...
+    extra: dict[str, Any] = field(default_factory=dict)       # method details worth keeping
+
+    def layers_for(self, depth: int) -> list[int]:
+        if depth not in self.depth_layers:
+            known = sorted(self.depth_layers)
+            raise ValueError(f"the strategy has no layer set for depth {depth}; it covers depths {known[0]}..{known[-1]}")
+        return list(self.depth_layers[depth])
+
+    def layers_for_shape(self, shape: SubnetShape) -> list[int]:
+        return self.layers_for(shape.depth)
+
+    def check_model(self, fingerprint: dict[str, Any]) -> None:
+        """Raise ``StrategyMismatchError`` unless ``fingerprint`` is the model this strategy was made for."""
+        mine, theirs = self.fingerprint, fingerprint
+        for key in ("dims", "weights_sha256"):
+            if key in mine and key in theirs and mine[key] != theirs[key]:
+                raise StrategyMismatchError(
+                    f"strategy was computed for another model ({key} differs: "
+                    f"{mine.get('name', '?')} vs {theirs.get('name', '?')}); run amoeba-select on this model"
+                )
+
+    # -- JSON ----------------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "fingerprint": self.fingerprint,
+            "calibration": self.calibration,
+            "depths": {str(d): {"layers": self.depth_layers[d], "metric": self.depth_metric.get(d)}
+                       for d in sorted(self.depth_layers)},
+            "ffn_orders": self.ffn_orders,
+            "head_orders": self.head_orders,
+            "extra": self.extra,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SelectionStrategy":
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ValueError(f"strategy schema version {version!r} is not {SCHEMA_VERSION}; recompute it with amoeba-select")
+        try:
+            depths = {int(d): v for d, v in data["depths"].items()}
+            return cls(
+                fingerprint=data["fingerprint"],
+                depth_layers={d: list(v["layers"]) for d, v in depths.items()},
+                depth_metric={d: v["metric"] for d, v in depths.items() if v.get("metric") is not None},
+                ffn_orders=data.get("ffn_orders"),
+                head_orders=data.get("head_orders"),
+                calibration=data.get("calibration", {}),
+                extra=data.get("extra", {}),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"malformed strategy file: {err!r}") from err
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SelectionStrategy":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"strategy file {path} does not exist; make one with amoeba-select")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"strategy file {path} is not valid JSON: {err}") from err
+        return cls.from_dict(data)
