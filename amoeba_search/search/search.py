@@ -1,0 +1,140 @@
+"""Multi-objective search over subnet shapes: metric (lower is better) against latency, under a budget.
+
+Three strategies over the same two objective functions (each maps a list of shapes to an array):
+- ``exhaustive``: every shape of the space; the ground truth for small spaces.
+- ``nsga2``: Optuna's NSGA-II over the whole space, the latency budget as a constraint.
+- ``hierarchical``: depth first (coarse: each depth at its extreme widths), then Optuna over the widths of the
+  most promising depths only.
+Studies live in Optuna storage (SQLite by default, any RDB URL for several workers), so a search resumes
+after a crash and several ``amoeba-search --storage URL`` processes can work on one study.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import optuna
+
+from amoeba_search.search.pareto import pareto_front
+from amoeba_search.shapes import SearchSpace, SubnetShape
+
+ObjectiveFn = Callable[[Sequence[SubnetShape]], np.ndarray]
+METHODS = ("hierarchical", "nsga2", "exhaustive")
+
+
+@dataclass
+class Point:
+    shape: SubnetShape
+    metric: float
+    latency_ms: float
+
+    def to_dict(self) -> dict:
+        return {"shape": str(self.shape), **self.shape.to_dict(), "metric": self.metric, "latency_ms": self.latency_ms}
+
+
+@dataclass
+class SearchResult:
+    points: list[Point]                  # every distinct shape the search looked at
+    budget_ms: float
+    method: str
+    trials: int
+    front: list[Point] = field(default_factory=list)  # feasible Pareto front, by latency
+
+    def __post_init__(self):
+        if not self.front:
+            self.front = feasible_front(self.points, self.budget_ms)
+
+    def best(self) -> Point | None:
+        """The most accurate feasible shape (ties broken by latency)."""
+        return min(self.front, key=lambda p: (p.metric, p.latency_ms), default=None)
+
+
+def feasible_front(points: Sequence[Point], budget_ms: float) -> list[Point]:
+    feasible = [p for p in points if p.latency_ms <= budget_ms]
+    if not feasible:
+        return []
+    idx = pareto_front([[p.latency_ms, p.metric] for p in feasible])
+    return [feasible[i] for i in idx]
+
+
+class _Objectives:
+    """Evaluate shapes once each, however often a sampler proposes them."""
+
+    def __init__(self, metric_fn: ObjectiveFn, latency_fn: ObjectiveFn):
+        self.metric_fn, self.latency_fn = metric_fn, latency_fn
+        self.seen: dict[SubnetShape, Point] = {}
+
+    def __call__(self, shapes: Sequence[SubnetShape]) -> list[Point]:
+        new = [s for s in dict.fromkeys(shapes) if s not in self.seen]
+        if new:
+            for s, m, l in zip(new, self.metric_fn(new), self.latency_fn(new)):
+                self.seen[s] = Point(s, float(m), float(l))
+        return [self.seen[s] for s in shapes]
+
+
+def _trial_shape(trial: optuna.Trial, depths, space: SearchSpace) -> SubnetShape:
+    return SubnetShape(trial.suggest_categorical("depth", list(depths)),
+                       trial.suggest_categorical("ffn_ratio", list(space.ffn_ratios)),
+                       trial.suggest_categorical("heads_ratio", list(space.heads_ratios)))
+
+
+def _optimize(objectives: _Objectives, space: SearchSpace, depths, budget_ms: float, trials: int, *,
+              storage, study_name: str, sampler: optuna.samplers.BaseSampler) -> int:
+    """Run up to ``trials`` trials in the named study (resuming it); return how many it holds."""
+    study = optuna.create_study(study_name=study_name, storage=storage, directions=["minimize", "minimize"],
+                                sampler=sampler, load_if_exists=True)
+    for frozen in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+        shape = SubnetShape(frozen.params["depth"], frozen.params["ffn_ratio"], frozen.params["heads_ratio"])
+        objectives.seen.setdefault(shape, Point(shape, frozen.values[0], frozen.values[1]))
+
+    def objective(trial: optuna.Trial):
+        point = objectives([_trial_shape(trial, depths, space)])[0]
+        trial.set_constraint("latency_budget", point.latency_ms - budget_ms)  # feasible when <= 0
+        trial.set_user_attr("shape", str(point.shape))
+        return point.metric, point.latency_ms
+
+    done = len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
+    if trials > done:
+        study.optimize(objective, n_trials=trials - done, gc_after_trial=False)
+    return len(study.trials)
+
+
+def search(space: SearchSpace, metric_fn: ObjectiveFn, latency_fn: ObjectiveFn, *, budget_ms: float,
+           method: str = "hierarchical", trials: int = 120, storage: str | None = None,
+           study_name: str = "amoeba-search", seed: int = 0, top_depths: int | None = None) -> SearchResult:
+    """Search ``space`` for the feasible Pareto front of (metric, latency) within ``budget_ms``."""
+    if method not in METHODS:
+        raise ValueError(f"unknown search method {method!r}; choose one of {', '.join(METHODS)}")
+    if not budget_ms > 0:
+        raise ValueError(f"the latency budget must be positive, got {budget_ms}")
+    objectives = _Objectives(metric_fn, latency_fn)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if method == "exhaustive":
+        points = objectives(list(space))
+        return SearchResult(points, budget_ms, method, len(points))
+    if method == "nsga2":
+        sampler = optuna.samplers.NSGAIISampler(seed=seed,
+                                                population_size=max(8, min(50, trials // 6)))
+        used = _optimize(objectives, space, space.depths, budget_ms, trials, storage=storage,
+                         study_name=study_name, sampler=sampler)
+        return SearchResult(list(objectives.seen.values()), budget_ms, method, used)
+    # Hierarchical. Coarse: every depth at its narrowest and widest, which bounds what the depth can reach.
+    extremes = [SubnetShape(d, f, h) for d in space.depths
+                for f, h in ((space.ffn_ratios[0], space.heads_ratios[0]), (space.ffn_ratios[-1], space.heads_ratios[-1]))]
+    coarse = objectives(extremes)
+    feasible = [p for p in coarse if p.latency_ms <= budget_ms]
+    if not feasible:
+        return SearchResult(list(objectives.seen.values()), budget_ms, method, len(coarse))
+    keep = top_depths or max(3, len(space.depths) // 3)
+    best_per_depth: dict[int, float] = {}
+    for p in feasible:
+        best_per_depth[p.shape.depth] = min(p.metric, best_per_depth.get(p.shape.depth, np.inf))
+    ranked = sorted(best_per_depth, key=best_per_depth.get)[:keep]
+    # A shallower depth may reach the budget only at widths the coarse pass did not try: keep the neighbours.
+    depths = sorted({d for r in ranked for d in space.depths if abs(d - r) <= 1})
+    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True,
+                                         n_startup_trials=min(20, max(5, trials // 4)))
+    used = _optimize(objectives, space, depths, budget_ms, max(1, trials - len(coarse)), storage=storage,
+                     study_name=f"{study_name}-widths-{'-'.join(map(str, depths))}", sampler=sampler)
+    return SearchResult(list(objectives.seen.values()), budget_ms, method, len(coarse) + used)
