@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -110,7 +111,7 @@ class GPPredictor(Predictor):
         from sklearn.gaussian_process import GaussianProcessRegressor
         from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
 
-        kernel = ConstantKernel(1.0, (1e-3, 1e3)) * RBF([0.5, 0.5, 0.5], (1e-2, 1e2)) + WhiteKernel(1e-3, (1e-8, 1e-1))
+        kernel = ConstantKernel(1.0, (1e-3, 1e5)) * RBF([0.5, 0.5, 0.5], (1e-2, 1e2)) + WhiteKernel(1e-3, (1e-8, 1e-1))
         if theta is not None:
             kernel = kernel.clone_with_theta(np.asarray(theta))
         return GaussianProcessRegressor(kernel=kernel, normalize_y=True, random_state=0,
@@ -118,7 +119,11 @@ class GPPredictor(Predictor):
                                         n_restarts_optimizer=2 if theta is None else 0)
 
     def _fit(self, x, y, theta=None):
-        self.gp = self._make(theta).fit(x, y)
+        from sklearn.exceptions import ConvergenceWarning
+
+        with warnings.catch_warnings():  # a bound reached on a few points is expected, not news
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            self.gp = self._make(theta).fit(x, y)
 
     def _predict(self, x):
         return self.gp.predict(x)
