@@ -1,0 +1,159 @@
+"""amoeba-search: the Pareto-optimal subnets of a model within a latency budget on a device and flow."""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+from amoeba_search.cli._common import emit_json, run
+
+PROG = "amoeba-search"
+PROFILES = Path(__file__).resolve().parents[2] / "profiles"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Search the subnets of a model for the accuracy-latency Pareto front within a latency "
+                    "budget, using a measured latency table of the target device and flow and an accuracy "
+                    "predictor fit on real evaluations of the supernet. Writes front.json, front.csv, "
+                    "points.csv and pareto.png to --out.",
+        epilog="example: amoeba-search --budget-ms 40 --device cpu --flow torch --export-best out/best")
+    parser.add_argument("--budget-ms", type=float, required=True, help="latency budget in milliseconds (per token for decode)")
+    where = parser.add_argument_group("latency table (one of)")
+    where.add_argument("--device", default="cpu", help="device whose table to use (default: %(default)s)")
+    where.add_argument("--flow", default="torch", help="deployment flow whose table to use (default: %(default)s)")
+    where.add_argument("--table", type=Path, help="a lookup table CSV (instead of profiles/DEVICE/FLOW.csv)")
+    parser.add_argument("--model", default="smollm2-135m", help="model alias, directory, .gguf or HF id (default: %(default)s)")
+    parser.add_argument("--strategy", type=Path,
+                        help="selection strategy JSON (default for the default model: profiles/smollm2-135m/strategy.json)")
+    parser.add_argument("--adapter", type=Path, help="fine-tuned SMoL adapter directory (not supported yet)")
+    parser.add_argument("--metric", choices=["decode", "prefill", "e2e"], default="decode",
+                        help="latency to budget: per decoded token, prompt prefill, or prefill + all decode steps")
+    parser.add_argument("--objective", default="ppl", help="accuracy objective: ppl (held-out perplexity)")
+    parser.add_argument("--data", default="wiki", help="text for the ppl objective (default: %(default)s, eval split)")
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--blocks", type=int, default=8, help="eval blocks per shape evaluation")
+    parser.add_argument("--predictor", type=Path, help="accuracy predictor JSON to reuse or write "
+                        "(default: profiles/<model>/predictor-<objective>-<data>.json for the default model, else in --out)")
+    parser.add_argument("--method", choices=["hierarchical", "nsga2", "exhaustive"], default="hierarchical")
+    parser.add_argument("--trials", type=int, default=120)
+    parser.add_argument("--storage", help="Optuna storage URL shared by workers (default: sqlite in --out)")
+    parser.add_argument("--no-verify", action="store_true", help="skip evaluating and measuring the front for real")
+    parser.add_argument("--export-best", type=Path, help="export the most accurate feasible subnet to this directory")
+    parser.add_argument("--out", type=Path, default=Path("out/search"), help="output directory (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    return parser
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    bars: dict[str, tqdm] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        bar = bars.get(stage)
+        if bar is None:
+            bar = bars[stage] = tqdm(total=total, desc=stage, unit="shape", file=sys.stderr)
+        bar.n = done
+        bar.refresh()
+        if done >= total:
+            bar.close()
+
+    return update
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def body():
+        from amoeba_search.data import token_blocks
+        from amoeba_search.models.export import export_subnet
+        from amoeba_search.models.session import open_supernet
+        from amoeba_search.profiling.lut import LatencyTable
+        from amoeba_search.profiling.model_source import model_fingerprint
+        from amoeba_search.profiling.remeasure import latency_meter
+        from amoeba_search.search.job import run_job, write_outputs
+        from amoeba_search.search.oracle import perplexity_oracle
+
+        if args.adapter is not None:
+            raise ValueError("--adapter needs the fine-tuning stage, which is not available yet; search the "
+                             "un-fine-tuned supernet by leaving it out")
+        if args.objective != "ppl":
+            raise ValueError(f"unknown objective {args.objective!r}; available: ppl")
+        default_model = args.model == "smollm2-135m"
+        strategy = args.strategy or (PROFILES / "smollm2-135m" / "strategy.json" if default_model else None)
+        table_path = args.table or PROFILES / args.device / f"{args.flow}.csv"
+        table = LatencyTable.load(table_path)
+        if args.export_best is not None and args.export_best.exists():
+            raise FileExistsError(f"{args.export_best} already exists; choose another --export-best")
+
+        loaded = open_supernet(args.model, strategy)
+        config = loaded.supernet.base_config
+        table.check_model(model_fingerprint(args.model, config))
+        space = loaded.space()
+        blocks = token_blocks(args.data, loaded.tokenizer, split="eval", seq_len=args.seq_len, max_blocks=args.blocks)
+        data_settings = {"data": args.data, "split": "eval", "seq_len": args.seq_len, "blocks": args.blocks}
+        args.out.mkdir(parents=True, exist_ok=True)
+        oracle = perplexity_oracle(loaded, blocks, data_settings=data_settings, cache_path=args.out / "evaluations.json")
+        predictor_path = args.predictor or (
+            PROFILES / "smollm2-135m" / f"predictor-ppl-{args.data}.json" if default_model
+            else args.out / f"predictor-ppl-{args.data}.json")
+        measure, why = (None, "--no-verify") if args.no_verify else latency_meter(table, config, metric=args.metric)
+        settings = {"model": args.model, "strategy": str(strategy) if strategy else None, "table": str(table_path),
+                    "device": table.device, "flow": table.flow, "dtype": table.dtype, "metric": args.metric,
+                    "objective": "ppl", **data_settings,
+                    "latency_source": f"lookup table {table_path.name} ({table.flow} on {table.device}, measured)",
+                    "latency_verification": why, "objective_label": f"perplexity ({args.data}, held out)",
+                    "latency_label": f"{args.metric} latency (ms{'/token' if args.metric == 'decode' else ''}), "
+                                     f"{table.flow} on {table.device}"}
+        tag = hashlib.sha256(json.dumps([settings, oracle.settings], sort_keys=True, default=str).encode()).hexdigest()[:10]
+        storage = args.storage or f"sqlite:///{(args.out / 'study.db').resolve()}"
+        job = run_job(space, oracle, lambda s: table.predict(s, metric=args.metric), budget_ms=args.budget_ms,
+                      predictor_path=predictor_path, method=args.method, trials=args.trials, storage=storage,
+                      study_name=f"amoeba-{args.method}-{args.budget_ms:g}ms-{tag}", seed=args.seed,
+                      verify=not args.no_verify, measure_latency=measure,
+                      layers_for=loaded.layers_for, settings=settings, progress=_progress(not args.json))
+        paths = write_outputs(job, args.out, title=f"{args.model}: {table.flow} on {table.device}, "
+                                                   f"budget {args.budget_ms:g} ms")
+        summary = job.to_dict()
+        summary["outputs"] = {k: str(v) for k, v in paths.items()}
+        best = job.result.best()
+        if args.export_best is not None and best is not None:
+            export_subnet(loaded.supernet, best.shape, args.export_best, layers=loaded.layers_for(best.shape),
+                          tokenizer=loaded.tokenizer, provenance={**loaded.provenance, "search": settings})
+            summary["exported"] = str(args.export_best)
+        if args.json:
+            emit_json(summary)
+            return
+        _print_front(job, args, paths, summary)
+
+    return run(PROG, body)
+
+
+def _print_front(job, args, paths, summary) -> None:
+    report = job.predictor
+    print(f"accuracy predictor: {report.kind}{' (reused)' if report.reused else ''}, held-out Spearman "
+          f"{report.holdout_spearman:.3f}, error {100 * report.holdout_mare:.1f}% on {report.holdout_shapes} shapes")
+    print(f"searched {len(job.result.points)} shapes in {job.result.trials} trials ({job.result.method}); "
+          f"{job.real_evaluations} real evaluations")
+    print(f"Pareto front within {args.budget_ms:g} ms ({args.metric}):")
+    print(f"  {'shape':<18} {'pred ppl':>9} {'real ppl':>9} {'pred ms':>8} {'real ms':>8}")
+    for row in summary["front"]:
+        real_ppl = f"{row['verified_metric']:.2f}" if row["verified_metric"] is not None else "-"
+        real_ms = f"{row['verified_latency_ms']:.1f}" if row["verified_latency_ms"] is not None else "-"
+        print(f"  {row['shape']:<18} {row['predicted_metric']:>9.2f} {real_ppl:>9} "
+              f"{row['predicted_latency_ms']:>8.1f} {real_ms:>8}")
+    print(f"best: {summary['best']}; latency verification: {job.settings.get('latency_verification')}")
+    print(f"wrote {paths['front_json']}, {paths['front_csv']}, {paths['plot']}")
+    if "exported" in summary:
+        print(f"exported the best subnet to {summary['exported']}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,167 @@
+"""The whole search as one job: accuracy predictor (fit or reused) × latency table → front → verification.
+
+The CLI (``amoeba-search``) and the benchmark both call ``run_job``; it never prints, it reports progress
+through a callback and returns everything it found.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from amoeba_search.search.oracle import MetricOracle, design_sample
+from amoeba_search.search.predictors import Predictor, fit_best, load_predictor, save_predictor
+from amoeba_search.search.search import Point, SearchResult, search
+from amoeba_search.shapes import SearchSpace, SubnetShape
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+class BudgetError(ValueError):
+    """No shape of the space can meet the latency budget."""
+
+
+@dataclass
+class PredictorReport:
+    kind: str
+    train_shapes: int
+    holdout_shapes: int
+    holdout_spearman: float
+    holdout_mare: float
+    cross_validation: list[dict]
+    reused: bool
+
+    def to_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+def fit_or_load_predictor(space: SearchSpace, oracle: MetricOracle, path: Path | None, *, n_train: int = 40,
+                          n_holdout: int = 12, seed: int = 0, progress: Progress | None = None
+                          ) -> tuple[Predictor, PredictorReport]:
+    """Reuse the predictor at ``path`` if it was fit with the same oracle settings, else fit and save one."""
+    if path is not None and path.is_file():
+        predictor, data = load_predictor(path)
+        if data.get("oracle_settings") == oracle.settings and SearchSpace.from_dict(data["space"]) == space:
+            return predictor, PredictorReport(**{**data["report"], "reused": True})
+    train = design_sample(space, n_train, seed=seed)
+    holdout = design_sample(space, n_holdout, seed=seed + 1, exclude=train, extremes=False)
+    total = len(train) + len(holdout)
+    counter = iter(range(1, total + 1))
+    tick = (lambda shape: progress("evaluating shapes", next(counter), total)) if progress else None
+    y_train = list(oracle(train, tick))
+    y_holdout = oracle(holdout, tick)
+    predictor, cv = fit_best(space, train, y_train, seed=seed)
+    predicted = predictor.predict(holdout)
+    report = PredictorReport(kind=predictor.kind, train_shapes=len(train), holdout_shapes=len(holdout),
+                             holdout_spearman=float(spearmanr(predicted, y_holdout).statistic),
+                             holdout_mare=float(np.mean(np.abs(predicted / y_holdout - 1))),
+                             cross_validation=cv, reused=False)
+    if path is not None:
+        report_dict = report.to_dict()
+        report_dict.pop("reused")
+        save_predictor(predictor, path, oracle_settings=oracle.settings, report=report_dict,
+                       holdout=[{"shape": str(s), "metric": float(m)} for s, m in zip(holdout, y_holdout)])
+    return predictor, report
+
+
+@dataclass
+class JobResult:
+    result: SearchResult
+    predictor: PredictorReport
+    verified: list[dict]
+    seconds: dict[str, float]
+    settings: dict[str, Any]
+    real_evaluations: int
+    layers: dict[str, list[int]] = field(default_factory=dict)
+
+    def front_records(self) -> list[dict]:
+        by_shape = {v["shape"]: v for v in self.verified}
+        rows = []
+        for p in self.result.front:
+            v = by_shape.get(str(p.shape), {})
+            rows.append({
+                "shape": str(p.shape), **p.shape.to_dict(), "kept_layers": self.layers.get(str(p.shape)),
+                "predicted_metric": p.metric, "metric_source": "accuracy predictor",
+                "verified_metric": v.get("metric"), "verified_metric_source": v.get("metric_source"),
+                "predicted_latency_ms": p.latency_ms, "latency_source": self.settings.get("latency_source"),
+                "verified_latency_ms": v.get("latency_ms"), "verified_latency_source": v.get("latency_source"),
+            })
+        return rows
+
+    def to_dict(self) -> dict:
+        best = self.result.best()
+        return {"settings": self.settings, "budget_ms": self.result.budget_ms, "method": self.result.method,
+                "trials": self.result.trials, "shapes_seen": len(self.result.points),
+                "real_metric_evaluations": self.real_evaluations, "predictor": self.predictor.to_dict(),
+                "best": None if best is None else str(best.shape), "front": self.front_records(),
+                "seconds": self.seconds}
+
+
+def run_job(space: SearchSpace, oracle: MetricOracle, latency_fn: Callable[[SubnetShape], float], *,
+            budget_ms: float, predictor_path: Path | None = None, method: str = "hierarchical", trials: int = 120,
+            storage: str | None = None, study_name: str = "amoeba-search", seed: int = 0,
+            verify: bool = True, measure_latency: Callable[[SubnetShape], float] | None = None,
+            layers_for: Callable[[SubnetShape], list[int] | None] | None = None,
+            settings: dict | None = None, progress: Progress | None = None) -> JobResult:
+    """Fit (or reuse) the accuracy predictor, search under ``budget_ms``, verify the front for real."""
+    seconds: dict[str, float] = {}
+    latencies = {s: float(latency_fn(s)) for s in space}
+    fastest = min(latencies, key=latencies.get)
+    if latencies[fastest] > budget_ms:
+        raise BudgetError(f"no shape meets {budget_ms:g} ms: the fastest, {fastest}, is predicted at "
+                          f"{latencies[fastest]:.1f} ms; raise --budget-ms or use a faster flow")
+    start = time.perf_counter()
+    before = oracle.evaluations
+    predictor, report = fit_or_load_predictor(space, oracle, predictor_path, seed=seed, progress=progress)
+    seconds["predictor"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    result = search(space, predictor.predict, lambda shapes: np.array([latencies[s] for s in shapes]),
+                    budget_ms=budget_ms, method=method, trials=trials, storage=storage,
+                    study_name=study_name, seed=seed)
+    seconds["search"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    verified = []
+    if verify:
+        for i, point in enumerate(result.front):
+            if progress:
+                progress("verifying the front", i + 1, len(result.front))
+            record = {"shape": str(point.shape), "metric": float(oracle([point.shape])[0]),
+                      "metric_source": f"measured ({oracle.settings.get('metric')} on the supernet)"}
+            if measure_latency is not None:
+                record["latency_ms"] = float(measure_latency(point.shape))
+                record["latency_source"] = "measured now"
+            verified.append(record)
+    seconds["verify"] = time.perf_counter() - start
+    layers = {str(p.shape): layers_for(p.shape) for p in result.front} if layers_for else {}
+    return JobResult(result, report, verified, seconds, settings or {}, oracle.evaluations - before, layers)
+
+
+def write_outputs(job: JobResult, out_dir: str | Path, *, title: str = "") -> dict[str, Path]:
+    """front.json, front.csv, points.csv and pareto.png in ``out_dir``; returns their paths."""
+    import pandas as pd
+
+    from amoeba_search.paths import atomic_write_text
+    from amoeba_search.plots import pareto_plot_info, render_pareto
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"front_json": out / "front.json", "front_csv": out / "front.csv", "points_csv": out / "points.csv",
+             "plot": out / "pareto.png"}
+    atomic_write_text(paths["front_json"], json.dumps(job.to_dict(), indent=2, default=str))
+    atomic_write_text(paths["front_csv"], pd.DataFrame(job.front_records()).to_csv(index=False))
+    atomic_write_text(paths["points_csv"], pd.DataFrame([p.to_dict() for p in job.result.points]).to_csv(index=False))
+    verified = [v for v in job.verified if "latency_ms" in v] or [
+        {"latency_ms": p.latency_ms, "metric": v["metric"]}
+        for p, v in zip(job.result.front, job.verified)]
+    info = pareto_plot_info(job.result.points, job.result.front, job.result.budget_ms, verified=verified,
+                            title=title, metric_name=job.settings.get("objective_label", "perplexity"),
+                            latency_name=job.settings.get("latency_label", "latency (ms)"))
+    render_pareto(info, paths["plot"])
+    return paths
