@@ -31,6 +31,7 @@ class MetricOracle:
             data = json.loads(self.cache_path.read_text())
             if data.get("settings") == settings:
                 self.values = {SubnetShape.parse(k): v for k, v in data["metrics"].items()}
+                self.seconds = {SubnetShape.parse(k): v for k, v in data.get("seconds", {}).items()}
 
     def __call__(self, shapes: Sequence[SubnetShape], progress: Callable[[SubnetShape], None] | None = None) -> np.ndarray:
         for shape in shapes:
@@ -46,7 +47,8 @@ class MetricOracle:
 
     def _save(self) -> None:
         if self.cache_path is not None:
-            data = {"settings": self.settings, "metrics": {str(k): v for k, v in sorted(self.values.items())}}
+            data = {"settings": self.settings, "metrics": {str(k): v for k, v in sorted(self.values.items())},
+                    "seconds": {str(k): round(v, 3) for k, v in sorted(self.seconds.items())}}
             atomic_write_text(self.cache_path, json.dumps(data, indent=1))
 
 

@@ -1,0 +1,154 @@
+"""Search quality on the default model: searched front vs exhaustive front, across budgets.
+
+For budgets spread over this machine's latency table it reports
+- the hypervolume of the searched front relative to the exhaustive one (target >= 0.99), both on the
+  predicted objectives (what the search optimises) and on the real ones (every shape of the space evaluated
+  for real, latency from the measured table);
+- wall time and number of real evaluations the search needed;
+- the accuracy predictor's rank correlation on held-out shapes (target >= 0.9);
+- how far verified numbers (perplexity evaluated, latency measured now) sit from predicted ones.
+
+Run: python benchmarks/search.py [--table profiles/cpu/torch.csv]  ->  benchmarks/results/search.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "search.json"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--table", type=Path, default=ROOT / "profiles" / "cpu" / "torch.csv")
+    parser.add_argument("--strategy", type=Path, default=ROOT / "profiles" / "smollm2-135m" / "strategy.json")
+    parser.add_argument("--budgets", type=int, default=4, help="budgets spread over the table's range")
+    parser.add_argument("--trials", type=int, default=120)
+    parser.add_argument("--data", default="wiki")
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--blocks", type=int, default=8)
+    parser.add_argument("--measure", type=int, default=6, help="front shapes to re-measure for latency (0: none)")
+    args = parser.parse_args()
+
+    from amoeba_search.cli._common import quiet_libraries
+    from amoeba_search.data import token_blocks
+    from amoeba_search.models.session import open_supernet
+    from amoeba_search.profiling.lut import LatencyTable
+    from amoeba_search.profiling.remeasure import latency_meter
+    from amoeba_search.search.job import run_job
+    from amoeba_search.search.oracle import MetricOracle, perplexity_oracle
+    from amoeba_search.search.pareto import hypervolume_2d
+    from amoeba_search.search.search import Point, feasible_front, search
+
+    quiet_libraries()
+    table = LatencyTable.load(args.table)
+    loaded = open_supernet("smollm2-135m", args.strategy)
+    space = loaded.space()
+    blocks = token_blocks(args.data, loaded.tokenizer, split="eval", seq_len=args.seq_len, max_blocks=args.blocks)
+    data_settings = {"data": args.data, "split": "eval", "seq_len": args.seq_len, "blocks": args.blocks}
+    cache = ROOT / "benchmarks" / "results" / ".search-evaluations.json"
+    oracle = perplexity_oracle(loaded, blocks, data_settings=data_settings, cache_path=cache)
+    latency = {s: table.predict(s, metric="decode") for s in space}
+    lo, hi = min(latency.values()), max(latency.values())
+    budgets = [round(float(b), 1) for b in np.linspace(lo, hi, args.budgets + 2)[1:-1]] + [round(hi * 1.01, 1)]
+
+    # Ground truth: every shape evaluated for real (cached, so reruns are cheap).
+    shapes = list(space)
+    real = dict(zip(shapes, oracle(shapes)))
+    eval_s = statistics.median(oracle.seconds.values())  # one real evaluation, measured
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        predictor_path = Path(tmp) / "predictor.json"
+        for budget in budgets:
+            # Answers from the exhaustive pass, but counted: what the search would have had to evaluate.
+            counting = MetricOracle(lambda s: real[s], oracle.settings)
+            start = time.perf_counter()
+            job = run_job(space, counting, lambda s: latency[s], budget_ms=budget, predictor_path=predictor_path,
+                          trials=args.trials, storage=f"sqlite:///{tmp}/study.db", study_name=f"b{budget}",
+                          verify=True)
+            wall = time.perf_counter() - start
+            predicted_all = search(space, _predict(predictor_path), lambda ss: np.array([latency[s] for s in ss]),
+                                   budget_ms=budget, method="exhaustive")
+            ref_pred = [budget, max(p.metric for p in predicted_all.points)]
+            hv = lambda pts, ref: hypervolume_2d([[p.latency_ms, p.metric] for p in pts], ref)
+            real_points = [Point(s, real[s], latency[s]) for s in shapes]
+            true_front = feasible_front(real_points, budget)
+            searched_real = [Point(p.shape, real[p.shape], p.latency_ms) for p in job.result.front]
+            ref_real = [budget, max(real.values())]
+            verified = {v["shape"]: v["metric"] for v in job.verified}
+            gaps = [abs(p.metric / verified[str(p.shape)] - 1) for p in job.result.front if str(p.shape) in verified]
+            best_true = min(true_front, key=lambda p: p.metric) if true_front else None
+            best_found = min(searched_real, key=lambda p: p.metric) if searched_real else None
+            rows.append({
+                "budget_ms": budget, "trials": job.result.trials, "search_wall_s": round(wall, 1),
+                "real_evaluations": job.real_evaluations,
+                "wall_s_with_evaluations": round(wall + job.real_evaluations * eval_s, 1), "front_size": len(job.result.front),
+                "hv_ratio_predicted": hv(job.result.front, ref_pred) / max(hv(predicted_all.front, ref_pred), 1e-12),
+                "hv_ratio_real": hv(searched_real, ref_real) / max(hv(true_front, ref_real), 1e-12),
+                "best_found": str(best_found.shape) if best_found else None,
+                "best_found_ppl": best_found.metric if best_found else None,
+                "best_possible": str(best_true.shape) if best_true else None,
+                "best_possible_ppl": best_true.metric if best_true else None,
+                "predicted_vs_verified_ppl_mean_abs_rel": float(np.mean(gaps)) if gaps else None,
+                "predictor": job.predictor.to_dict(),
+            })
+            print(f"budget {budget} ms: HV ratio {rows[-1]['hv_ratio_predicted']:.4f} (predicted), "
+                  f"{rows[-1]['hv_ratio_real']:.4f} (real); {job.real_evaluations} real evaluations, "
+                  f"{rows[-1]['wall_s_with_evaluations']:.0f}s")
+
+    latency_check = _measure_front(table, loaded, rows, latency, args.measure, latency_meter)
+    result = {
+        "benchmark": "search", "model": "smollm2-135m", "table": str(args.table.relative_to(ROOT)),
+        "strategy": str(args.strategy.relative_to(ROOT)), "space_size": len(space), "objective": data_settings,
+        "seconds_per_real_evaluation": round(eval_s, 2),
+        "exhaustive_real_evaluation_s": round(eval_s * len(shapes), 1), "budgets": rows,
+        "predictor_holdout_spearman": rows[0]["predictor"]["holdout_spearman"],
+        "latency_verification": latency_check,
+        "machine": {"cores": os.cpu_count(), "loadavg_1m": os.getloadavg()[0]},
+        "written_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2))
+    print(f"wrote {RESULTS}")
+
+
+def _predict(path):
+    from amoeba_search.search.predictors import load_predictor
+
+    predictor, _ = load_predictor(path)
+    return predictor.predict
+
+
+def _measure_front(table, loaded, rows, latency, n, latency_meter) -> dict:
+    if n <= 0:
+        return {"skipped": "--measure 0"}
+    measure, why = latency_meter(table, loaded.supernet.base_config, metric="decode")
+    if measure is None:
+        return {"skipped": why}
+    shapes = []
+    for row in rows:
+        if row["best_found"] and row["best_found"] not in shapes:
+            shapes.append(row["best_found"])
+    from amoeba_search.shapes import SubnetShape
+
+    checks = []
+    for text in shapes[:n]:
+        shape = SubnetShape.parse(text)
+        measured = measure(shape)
+        checks.append({"shape": text, "predicted_ms": latency[shape], "measured_ms": measured,
+                       "rel_error": measured / latency[shape] - 1})
+    errors = [abs(c["rel_error"]) for c in checks]
+    return {"source": why, "shapes": checks, "mean_abs_rel_error": statistics.mean(errors) if errors else None}
+
+
+if __name__ == "__main__":
+    main()
