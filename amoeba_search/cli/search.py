@@ -26,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--device", default="cpu", help="device whose table to use (default: %(default)s)")
     where.add_argument("--flow", default="torch", help="deployment flow whose table to use (default: %(default)s)")
     where.add_argument("--table", type=Path, help="a lookup table CSV (instead of profiles/DEVICE/FLOW.csv)")
+    where.add_argument("--roofline", action="store_true",
+                       help="no table for this device: use a roofline estimate from its spec sheet (labelled as "
+                            "an estimate everywhere, never as a measurement)")
     parser.add_argument("--model", default="smollm2-135m", help="model alias, directory, .gguf or HF id (default: %(default)s)")
     parser.add_argument("--strategy", type=Path,
                         help="selection strategy JSON (default for the default model: profiles/smollm2-135m/strategy.json)")
@@ -89,13 +92,23 @@ def main(argv=None) -> int:
         default_model = args.model == "smollm2-135m"
         strategy = args.strategy or (PROFILES / "smollm2-135m" / "strategy.json" if default_model else None)
         table_path = args.table or PROFILES / args.device / f"{args.flow}.csv"
-        table = LatencyTable.load(table_path)
+        table = None if args.roofline else LatencyTable.load(table_path)
         if args.export_best is not None and args.export_best.exists():
             raise FileExistsError(f"{args.export_best} already exists; choose another --export-best")
 
         loaded = open_supernet(args.model, strategy)
         config = loaded.supernet.base_config
-        table.check_model(model_fingerprint(args.model, config))
+        if table is None:
+            from amoeba_search.profiling.devices import get_device
+            from amoeba_search.profiling.roofline import RooflineEstimator
+
+            table = RooflineEstimator(get_device(args.device), config)
+            latency_source = f"roofline estimate for {args.device} from its spec sheet (not a measurement)"
+            device, flow, dtype = args.device, "roofline", table.settings["dtype"]
+        else:
+            table.check_model(model_fingerprint(args.model, config))
+            latency_source = f"lookup table {table_path.name} ({table.flow} on {table.device}, measured)"
+            device, flow, dtype = table.device, table.flow, table.dtype
         space = loaded.space()
         blocks = token_blocks(args.data, loaded.tokenizer, split="eval", seq_len=args.seq_len, max_blocks=args.blocks)
         data_settings = {"data": args.data, "split": "eval", "seq_len": args.seq_len, "blocks": args.blocks}
@@ -104,14 +117,19 @@ def main(argv=None) -> int:
         predictor_path = args.predictor or (
             PROFILES / "smollm2-135m" / f"predictor-ppl-{args.data}.json" if default_model
             else args.out / f"predictor-ppl-{args.data}.json")
-        measure, why = (None, "--no-verify") if args.no_verify else latency_meter(table, config, metric=args.metric)
-        settings = {"model": args.model, "strategy": str(strategy) if strategy else None, "table": str(table_path),
-                    "device": table.device, "flow": table.flow, "dtype": table.dtype, "metric": args.metric,
-                    "objective": "ppl", **data_settings,
-                    "latency_source": f"lookup table {table_path.name} ({table.flow} on {table.device}, measured)",
+        if args.no_verify:
+            measure, why = None, "skipped (--no-verify)"
+        elif args.roofline:
+            measure, why = None, "not measured: roofline estimate only"
+        else:
+            measure, why = latency_meter(table, config, metric=args.metric)
+        settings = {"model": args.model, "strategy": str(strategy) if strategy else None,
+                    "table": None if args.roofline else str(table_path),
+                    "device": device, "flow": flow, "dtype": dtype, "metric": args.metric,
+                    "objective": "ppl", **data_settings, "latency_source": latency_source,
                     "latency_verification": why, "objective_label": f"perplexity ({args.data}, held out)",
                     "latency_label": f"{args.metric} latency (ms{'/token' if args.metric == 'decode' else ''}), "
-                                     f"{table.flow} on {table.device}"}
+                                     f"{flow} on {device}"}
         tag = hashlib.sha256(json.dumps([settings, oracle.settings], sort_keys=True, default=str).encode()).hexdigest()[:10]
         storage = args.storage or f"sqlite:///{(args.out / 'study.db').resolve()}"
         job = run_job(space, oracle, lambda s: table.predict(s, metric=args.metric), budget_ms=args.budget_ms,
@@ -119,7 +137,7 @@ def main(argv=None) -> int:
                       study_name=f"amoeba-{args.method}-{args.budget_ms:g}ms-{tag}", seed=args.seed,
                       verify=not args.no_verify, measure_latency=measure,
                       layers_for=loaded.layers_for, settings=settings, progress=_progress(not args.json))
-        paths = write_outputs(job, args.out, title=f"{args.model}: {table.flow} on {table.device}, "
+        paths = write_outputs(job, args.out, title=f"{args.model}: {flow} on {device}, "
                                                    f"budget {args.budget_ms:g} ms")
         summary = job.to_dict()
         summary["outputs"] = {k: str(v) for k, v in paths.items()}

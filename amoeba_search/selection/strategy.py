@@ -38,6 +38,31 @@ class SelectionStrategy:
     def layers_for_shape(self, shape: SubnetShape) -> list[int]:
         return self.layers_for(shape.depth)
 
+    @property
+    def depths(self) -> list[int]:
+        return sorted(self.depth_layers)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` if the layer sets or orders cannot belong to the fingerprinted model."""
+        dims = self.fingerprint.get("dims") if isinstance(self.fingerprint, dict) else None
+        if not dims:
+            return
+        n, ffn, kv = dims["num_layers"], dims["ffn_size"], dims["num_kv_heads"]
+        group = dims["num_heads"] // kv
+        for depth, layers in self.depth_layers.items():
+            if (len(layers) != depth or list(layers) != sorted(set(layers))
+                    or any(not 0 <= i < n for i in layers)):
+                raise ValueError(f"depth {depth} of the strategy lists {layers}: expected {depth} ascending "
+                                 f"distinct layer indices in 0..{n - 1}")
+        if self.ffn_orders is not None:
+            if len(self.ffn_orders) != n or any(sorted(o) != list(range(ffn)) for o in self.ffn_orders):
+                raise ValueError(f"ffn_orders must hold, for each of {n} layers, a permutation of 0..{ffn - 1}")
+        if self.head_orders is not None:
+            if len(self.head_orders) != n or any(len(g) != kv or any(sorted(r) != list(range(group)) for r in g)
+                                                 for g in self.head_orders):
+                raise ValueError(f"head_orders must hold, for each of {n} layers and {kv} KV groups, "
+                                 f"a permutation of 0..{group - 1}")
+
     def check_model(self, fingerprint: dict[str, Any]) -> None:
         """Raise ``StrategyMismatchError`` unless ``fingerprint`` is the model this strategy was made for."""
         mine, theirs = self.fingerprint, fingerprint
@@ -69,7 +94,7 @@ class SelectionStrategy:
             raise ValueError(f"strategy schema version {version!r} is not {SCHEMA_VERSION}; recompute it with amoeba-select")
         try:
             depths = {int(d): v for d, v in data["depths"].items()}
-            return cls(
+            strategy = cls(
                 fingerprint=data["fingerprint"],
                 depth_layers={d: list(v["layers"]) for d, v in depths.items()},
                 depth_metric={d: v["metric"] for d, v in depths.items() if v.get("metric") is not None},
@@ -78,8 +103,10 @@ class SelectionStrategy:
                 calibration=data.get("calibration", {}),
                 extra=data.get("extra", {}),
             )
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ValueError(f"malformed strategy file: {err!r}") from err
+        strategy.validate()
+        return strategy
 
     def save(self, path: str | Path) -> None:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=1))

@@ -1,0 +1,235 @@
+"""amoeba-profile: measure subnet shapes of a model in a deployment flow on this machine and write a
+latency lookup table (CSV), its predictor's held-out error (``.eval.json``) and the device's spec."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from amoeba_search.cli._common import run
+
+PROG = "amoeba-profile"
+DEFAULT_PROMPT, DEFAULT_CONTEXT = 128, 160
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__)
+    p.add_argument("--device", help="device name (see --list-devices), e.g. cpu, a5000, orin-nx, h100")
+    p.add_argument("--flow", help="deployment flow (see --list-flows), e.g. torch, llamacpp, ort")
+    p.add_argument("--model", default=None, help="model: default SmolLM2-135M; a local HF dir, .gguf or config.json")
+    p.add_argument("--dtype", default="fp32", help="weight dtype the flow runs (default fp32)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--prompt-len", type=int, default=DEFAULT_PROMPT, help="prompt tokens in the timed prefill")
+    p.add_argument("--context-len", type=int, default=DEFAULT_CONTEXT,
+                   help="tokens in the KV cache at the end of decode; decode steps = context - prompt")
+    p.add_argument("--out", type=Path, help="table path (default profiles/<device>/<flow>.csv)")
+    p.add_argument("--resume", action="store_true", help="continue a table, skipping shapes already measured")
+    p.add_argument("--overwrite", action="store_true", help="start the table again")
+    p.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    p.add_argument("--list-devices", action="store_true", help="list known devices and exit")
+    p.add_argument("--list-flows", action="store_true", help="list flows and whether each can run here, and exit")
+    p.add_argument("--device-spec", action="append", default=[], metavar="FILE.json",
+                   help="add a device from a spec file (repeatable)")
+    p.add_argument("--force-device", action="store_true", help="label measurements with --device even if this "
+                                                                "machine is not that device")
+    p.add_argument("--compile", action="store_true", help="torch flow: run through torch.compile")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores this process may use)")
+    p.add_argument("--repeats", type=int, default=7, help="timed repeats per measurement round (default 7)")
+    p.add_argument("--max-rounds", type=int, default=3, help="re-measure a noisy shape up to this many rounds")
+    p.add_argument("--target-spread", type=float, default=0.05, help="relative IQR good enough to stop (0.05)")
+    p.add_argument("--max-other-load", type=float, default=None, metavar="CORES",
+                   help="re-measure a shape while other processes keep more than CORES cores busy (keeps the "
+                        "least disturbed of --max-attempts); every row records this load in other_load")
+    p.add_argument("--max-attempts", type=int, default=3)
+    p.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
+                   help="with --max-other-load: before each attempt wait up to SECONDS for the machine to calm")
+    p.add_argument("--passes", type=int, default=1,
+                   help="measure every shape in this many separate passes (one row each; the table's median is "
+                        "used), so a burst of load on the machine spoils one pass, not the shape")
+    p.add_argument("--holdout", type=int, default=12, help="random held-out shapes that score the predictor")
+    p.add_argument("--shapes", default=None, help="measure exactly these shapes (comma-separated, e.g. d20-f0.75-h1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--profiles", type=Path, default=None, help="profiles folder (default ./profiles)")
+    return p
+
+
+def _default_out(profiles: Path, args, flow: str, cores: int | None = None) -> Path:
+    suffix = []
+    if args.dtype != "fp32":
+        suffix.append(args.dtype)
+    if args.batch != 1:
+        suffix.append(f"b{args.batch}")
+    if (args.prompt_len, args.context_len) != (DEFAULT_PROMPT, DEFAULT_CONTEXT):
+        suffix.append(f"p{args.prompt_len}-c{args.context_len}")
+    if args.compile:
+        suffix.append("compile")
+    if args.threads and args.threads != cores:
+        suffix.append(f"t{args.threads}")
+    return profiles / args.device / ("-".join([flow] + suffix) + ".csv")
+
+
+def _list_devices(args, profiles: Path) -> int:
+    from amoeba_search.profiling.devices import list_devices, matches, measured_cpu_spec
+    from amoeba_search.profiling.machine import detect_machine
+
+    machine = detect_machine()
+    devices = list_devices(profiles=profiles, spec_files=args.device_spec)
+    rows = []
+    for name, spec in sorted(devices.items()):
+        if spec.kind == "cpu" and not spec.match:
+            spec = measured_cpu_spec(spec, machine, measure=False)
+        ok, reason = matches(spec, machine)
+        rows.append({**spec.to_dict(), "this_machine": ok, "match_reason": reason})
+    if args.json:
+        print(json.dumps({"machine": machine.summary(), "devices": rows}, indent=2))
+        return 0
+    print(f"this machine: {machine.summary()}")
+    for r in rows:
+        bw = f"{r['memory_bandwidth_gbs']:g} GB/s" if r["memory_bandwidth_gbs"] else "bandwidth ?"
+        mark = "*" if r["this_machine"] else " "
+        print(f"{mark} {r['name']:<10} {r['kind']:<10} {bw:<12} {r['description']}")
+    print("* = this machine. Add devices as profiles/devices/<name>.json or with --device-spec FILE.json")
+    return 0
+
+
+def _list_flows(args) -> int:
+    from amoeba_search.profiling.flows import flow_availability
+
+    status = flow_availability()
+    if args.json:
+        print(json.dumps({name: {"available": reason is None, "reason": reason} for name, reason in status.items()},
+                         indent=2))
+        return 0
+    for name, reason in status.items():
+        print(f"{name:<13} {'available' if reason is None else 'unavailable: ' + reason}")
+    return 0
+
+
+def _run(args) -> int:
+    from amoeba_search.profiling import profiles_dir
+    from amoeba_search.profiling.devices import check_device, get_device, measured_cpu_spec
+    from amoeba_search.profiling.flows import get_flow, resolve_flow_name
+    from amoeba_search.profiling.flows.base import MeasureSettings
+    from amoeba_search.profiling.machine import detect_machine
+    from amoeba_search.profiling.model_source import load_model_source
+    from amoeba_search.profiling.profiler import PlannedShape, ProfileRequest, run_profile
+    from amoeba_search.shapes import SubnetShape
+
+    profiles = args.profiles or profiles_dir()
+    if args.list_devices:
+        return _list_devices(args, profiles)
+    if args.list_flows:
+        return _list_flows(args)
+    if not args.device or not args.flow:
+        raise ValueError("--device and --flow are required (see --list-devices and --list-flows)")
+    for name in ("batch", "prompt_len", "repeats", "max_rounds", "passes", "max_attempts"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.context_len <= args.prompt_len:
+        raise ValueError(f"--context-len ({args.context_len}) must exceed --prompt-len ({args.prompt_len}): "
+                         f"decode runs from the prompt up to the context length")
+    flow_name = resolve_flow_name(args.flow)
+    spec = get_device(args.device, profiles=profiles, spec_files=args.device_spec)
+    args.device = spec.name
+    machine = detect_machine()
+    check_device(spec, machine, force=args.force_device)
+    if spec.kind == "cpu":
+        spec = measured_cpu_spec(spec, machine)
+    flow = get_flow(flow_name, **({"compile": True} if args.compile else {}))
+    reason = flow.unavailable_reason()
+    if reason:
+        from amoeba_search.profiling.flows.base import FlowUnavailable
+
+        raise FlowUnavailable(f"flow {flow_name!r} cannot run here: {reason}")
+    source = load_model_source(args.model)
+    threads = args.threads if args.threads is not None else (machine.cpu_cores if spec.backend == "cpu" else None)
+    settings = MeasureSettings(dtype=args.dtype, batch=args.batch, prompt_len=args.prompt_len,
+                               decode_tokens=args.context_len - args.prompt_len, repeats=args.repeats, threads=threads)
+    plan = None
+    if args.shapes:
+        plan = [PlannedShape(SubnetShape.parse(s), "extra") for s in args.shapes.split(",") if s.strip()]
+        for p in plan:
+            p.shape.check(source.dims)
+    if spec.backend == "cpu" and (threads or 0) > 1:
+        from amoeba_search.profiling.machine import cpu_snapshot, other_load
+
+        start = cpu_snapshot()
+        time.sleep(1.0)
+        busy = other_load(start, cpu_snapshot())
+        if busy is not None and busy > 0.3:
+            print(f"{PROG}: warning: other processes keep {busy:.1f} of {machine.cpu_cores} cores busy; "
+                  f"{threads}-thread CPU timings stall when a thread is descheduled. Measure on a quiet machine, "
+                  f"or use --max-other-load/--wait-idle, or --threads 1", file=sys.stderr)
+    out = args.out or _default_out(profiles, args, flow_name, machine.cpu_cores if spec.backend == "cpu" else None)
+    request = ProfileRequest(device=spec, machine=machine, flow_name=flow_name, source=source, out=out,
+                             settings=settings, flow_options={"compile": True} if args.compile else {}, plan=plan,
+                             holdout=args.holdout, seed=args.seed, resume=args.resume, overwrite=args.overwrite,
+                             max_rounds=args.max_rounds, target_spread=args.target_spread,
+                             max_other_load=args.max_other_load, max_attempts=args.max_attempts,
+                             wait_idle_s=args.wait_idle, passes=args.passes)
+    from tqdm import tqdm
+
+    bar = {}
+
+    def on_start(pending, done):
+        bar["tqdm"] = tqdm(total=len(pending) + done, initial=done, unit="shape", desc=f"{spec.name}/{flow_name}",
+                           disable=None, file=sys.stderr)
+
+    def on_row(row):
+        bar["tqdm"].set_postfix_str(f"{row['shape']} decode {row['decode_ms_median']:.1f} ms")
+        bar["tqdm"].update(1)
+
+    try:
+        summary = run_profile(request, flow, on_start=on_start, on_row=on_row)
+    finally:
+        if "tqdm" in bar:
+            bar["tqdm"].close()
+    from amoeba_search.paths import atomic_write_text
+
+    atomic_write_text(out.parent / "device.json", json.dumps(spec.to_dict(), indent=2) + "\n")
+    result = {"device": spec.name, "machine": machine.summary(), "flow": flow_name, "model": source.name,
+              "settings": settings.__dict__, **summary.to_dict()}
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+        return 0
+    print(f"{out}: {summary.measured} measured now, {summary.skipped} already there, {summary.planned} planned "
+          f"(full grid {summary.full_grid}); {summary.elapsed_s:.0f} s")
+    evaluation = summary.evaluation.get("metrics", {})
+    for metric, chosen in summary.evaluation.get("chosen", {}).items():
+        s = evaluation[metric][chosen]
+        print(f"  {metric:<8} predictor {chosen}: MAPE {s['mape'] * 100:.1f}%, "
+              f"{s['within_10pct'] * 100:.0f}% of {s['n']} held-out shapes within ±10%")
+    if summary.eval_path:
+        print(f"  evaluation: {summary.eval_path}")
+    busy = summary.evaluation.get("other_load_median")
+    if busy is not None and busy > 0.2:
+        print(f"  other processes kept {busy:.2f} cores busy (median) while measuring: CPU timings are disturbed; "
+              f"re-run on a quiet machine or with --max-other-load")
+    if summary.power is None and spec.power_source:
+        print(f"  no power telemetry ({spec.power_source} unavailable): energy columns left empty")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        from amoeba_search.errors import AmoebaError
+        from amoeba_search.profiling.devices import DeviceMismatchError
+        from amoeba_search.profiling.flows.base import FlowUnavailable
+
+        try:
+            return _run(args)
+        except (FlowUnavailable, DeviceMismatchError) as exc:  # user-fixable: one line, exit 2
+            raise AmoebaError(str(exc)) from None
+        except KeyboardInterrupt:
+            print(f"{PROG}: interrupted; the rows measured so far are kept, --resume continues", file=sys.stderr)
+            return 130
+
+    return run(PROG, body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

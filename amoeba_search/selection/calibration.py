@@ -1,0 +1,258 @@
+"""Calibration metrics: how good a network is on calibration data, as one number.
+
+A metric is pluggable. The simplest is any callable ``metric(model) -> float`` (lower is better) that runs the
+model at its active subnet; the DP can use it, but only without prefix caching. The structured metrics here
+(:class:`CalibrationMetric`) also say which token batches to run and how to score the final hidden states of
+one batch, so the layer runner (``selection.layer_runner``) can feed them hidden states that skipped the
+shared layers:
+
+- ``ppl``: perplexity of token blocks (every token after the first of each block is scored);
+- ``mc-acc`` / ``mc-loss``: a multiple-choice task of ``(context, choices, answer)`` items, scored by the
+  log-likelihood of each choice's tokens after the context: accuracy (higher is better) or the mean
+  cross-entropy of the answer among the choices (lower is better; smooth, so better for small sets).
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+_HEAD_ROWS = 2  # sequences projected to the vocabulary at once: bounds the (rows, T, V) logits memory
+
+
+def spread_blocks(blocks: torch.Tensor, count: int) -> torch.Tensor:
+    """``count`` blocks evenly spaced over ``blocks`` (first and last included): many documents, not one."""
+    n = blocks.shape[0]
+    if not 1 <= count <= n:
+        raise ValueError(f"cannot pick {count} of {n} blocks")
+    if count == 1:
+        return blocks[:1]
+    index = [round(i * (n - 1) / (count - 1)) for i in range(count)]
+    return blocks[index]
+
+
+def causal_lm(model):
+    """The HF ``*ForCausalLM`` inside ``model`` (itself, or a ``Supernet``'s ``.model``)."""
+    if hasattr(model, "lm_head"):
+        return model
+    inner = getattr(model, "model", None)
+    if inner is not None and hasattr(inner, "lm_head"):
+        return inner
+    raise TypeError(f"{type(model).__name__} is neither a causal LM nor a Supernet around one")
+
+
+class CalibrationMetric:
+    """Base of the structured metrics: batches to run, a score per batch, one number from all batches."""
+
+    name: str = "metric"
+    higher_is_better: bool = False
+
+    def batches(self) -> list[torch.Tensor]:
+        """Token ids ``(B, T)`` to run, in a fixed order."""
+        raise NotImplementedError
+
+    def batch_stats(self, index: int, hidden: torch.Tensor, lm_head: Callable) -> torch.Tensor:
+        """Statistics of batch ``index`` from its final, normed hidden states ``(B, T, C)``."""
+        raise NotImplementedError
+
+    def finish(self, stats: Sequence[torch.Tensor]) -> float:
+        """The metric from every batch's statistics, in batch order."""
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"metric": self.name}
+
+    @torch.inference_mode()
+    def __call__(self, model) -> float:
+        """Score ``model`` (HF causal LM or Supernet at its active shape) through its ordinary forward."""
+        lm = causal_lm(model)
+        stats = []
+        for i, batch in enumerate(self.batches()):
+            hidden = lm.model(input_ids=batch, use_cache=False).last_hidden_state  # (B, T, C), after the norm
+            stats.append(self.batch_stats(i, hidden, lm.lm_head))
+        return self.finish(stats)
+
+
+class PerplexityMetric(CalibrationMetric):
+    """Perplexity of ``blocks`` ``(n, T)``: the same number as ``evaluation.perplexity.perplexity``."""
+
+    name = "ppl"
+    higher_is_better = False
+
+    def __init__(self, blocks: torch.Tensor, *, batch_size: int = 4):
+        if blocks.dim() != 2 or blocks.shape[1] < 2 or blocks.shape[0] < 1:
+            raise ValueError(f"calibration blocks must be (n >= 1, T >= 2), got {tuple(blocks.shape)}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.blocks = blocks.long()
+        self.batch_size = batch_size
+        self._batches = list(self.blocks.split(batch_size))
+
+    def batches(self) -> list[torch.Tensor]:
+        return self._batches
+
+    def batch_stats(self, index, hidden, lm_head):
+        ids = self._batches[index]
+        total = torch.zeros((), dtype=torch.float64)
+        for lo in range(0, hidden.shape[0], _HEAD_ROWS):
+            logits = lm_head(hidden[lo:lo + _HEAD_ROWS, :-1]).float()               # (r, T-1, V)
+            nll = F.cross_entropy(logits.transpose(1, 2), ids[lo:lo + _HEAD_ROWS, 1:], reduction="none")
+            total += nll.double().sum()
+        count = ids.shape[0] * (ids.shape[1] - 1)
+        return torch.stack([total, torch.tensor(float(count), dtype=torch.float64)])
+
+    def finish(self, stats):
+        total = torch.stack(list(stats)).sum(0)
+        return math.exp(total[0].item() / total[1].item())
+
+    def describe(self) -> dict:
+        return {"metric": self.name, "blocks": int(self.blocks.shape[0]), "seq_len": int(self.blocks.shape[1]),
+                "tokens": int(self.blocks.numel())}
+
+
+@dataclass(frozen=True)
+class MultipleChoiceItem:
+    context: str
+    choices: tuple[str, ...]
+    answer: int
+
+    def __post_init__(self):
+        object.__setattr__(self, "choices", tuple(self.choices))
+        if len(self.choices) < 2:
+            raise ValueError(f"a multiple-choice item needs at least two choices, got {len(self.choices)}")
+        if not 0 <= int(self.answer) < len(self.choices):
+            raise ValueError(f"answer {self.answer} is not an index into {len(self.choices)} choices")
+
+
+def load_mc_items(path: str | Path) -> list[MultipleChoiceItem]:
+    """Items from a JSONL file of ``{"context": str, "choices": [str, ...], "answer": int}`` objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"multiple-choice file {path} does not exist")
+    items = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            items.append(MultipleChoiceItem(record["context"], tuple(record["choices"]), int(record["answer"])))
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ValueError(f"{path}:{lineno}: expected {{'context', 'choices', 'answer'}} ({err})") from None
+    if not items:
+        raise ValueError(f"{path} holds no multiple-choice items")
+    return items
+
+
+class MultipleChoiceMetric(CalibrationMetric):
+    """Accuracy (``kind="acc"``) or answer cross-entropy (``kind="loss"``) on multiple-choice items.
+
+    Each (item, choice) pair is the sequence ``context + choice`` tokenized piecewise; its score is the summed
+    log-probability of the choice's tokens (divided by their count with ``normalize=True``). Pairs are sorted by
+    length and right-padded; causal attention keeps padding from touching any scored position.
+    """
+
+    def __init__(self, items: Sequence[MultipleChoiceItem], tokenizer, *, kind: str = "acc",
+                 batch_size: int = 8, normalize: bool = False):
+        if kind not in ("acc", "loss"):
+            raise ValueError(f"kind must be 'acc' or 'loss', got {kind!r}")
+        if not items:
+            raise ValueError("a multiple-choice metric needs at least one item")
+        self.kind, self.normalize, self.items = kind, normalize, list(items)
+        self.name = f"mc-{kind}"
+        self.higher_is_better = kind == "acc"
+        pairs = []  # (item, choice, context ids, choice ids)
+        for i, item in enumerate(self.items):
+            ctx = tokenizer(item.context, add_special_tokens=False)["input_ids"]
+            if not ctx:
+                raise ValueError(f"item {i} has an empty context; every choice needs a context to follow")
+            for c, choice in enumerate(item.choices):
+                cont = tokenizer(choice, add_special_tokens=False)["input_ids"]
+                if not cont:
+                    raise ValueError(f"item {i} choice {c} tokenizes to nothing")
+                pairs.append((i, c, ctx, cont))
+        order = sorted(range(len(pairs)), key=lambda p: -(len(pairs[p][2]) + len(pairs[p][3])))
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+        self._batches, self._targets = [], []  # targets: per batch, (pair index, [(position, token)...])
+        for lo in range(0, len(order), batch_size):
+            chunk = order[lo:lo + batch_size]
+            width = max(len(pairs[p][2]) + len(pairs[p][3]) for p in chunk)
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            rows, cols, toks, owner = [], [], [], []
+            for r, p in enumerate(chunk):
+                _, _, ctx, cont = pairs[p]
+                seq = ctx + cont
+                ids[r, :len(seq)] = torch.tensor(seq)
+                for j, tok in enumerate(cont):
+                    rows.append(r); cols.append(len(ctx) + j - 1); toks.append(tok); owner.append(r)
+            self._batches.append(ids)
+            self._targets.append((torch.tensor(chunk), torch.tensor(rows), torch.tensor(cols),
+                                  torch.tensor(toks), torch.tensor(owner)))
+        self._pairs = [(i, c) for i, c, _, _ in pairs]
+        self._lengths = torch.tensor([len(cont) for _, _, _, cont in pairs], dtype=torch.float64)
+
+    def batches(self):
+        return self._batches
+
+    def batch_stats(self, index, hidden, lm_head):
+        pair_ids, rows, cols, toks, owner = self._targets[index]
+        picked = hidden[rows, cols]                                           # (K, C): only scored positions
+        logp = torch.log_softmax(lm_head(picked).float(), dim=-1)             # (K, V)
+        token_ll = logp.gather(1, toks[:, None]).squeeze(1).double()          # (K,)
+        ll = torch.zeros(len(pair_ids), dtype=torch.float64).index_add_(0, owner, token_ll)
+        return torch.stack([pair_ids.double(), ll], dim=1)                    # (pairs in batch, 2)
+
+    def choice_loglik(self, stats) -> list[list[float]]:
+        """Per item, the (normalized) log-likelihood of each choice."""
+        table = torch.cat(list(stats))
+        ll = torch.empty(len(self._pairs), dtype=torch.float64)
+        ll[table[:, 0].long()] = table[:, 1]
+        if self.normalize:
+            ll = ll / self._lengths
+        out = [[0.0] * len(item.choices) for item in self.items]
+        for (i, c), value in zip(self._pairs, ll.tolist()):
+            out[i][c] = value
+        return out
+
+    def finish(self, stats):
+        scores = self.choice_loglik(stats)
+        if self.kind == "acc":
+            hits = [max(range(len(s)), key=lambda c: (s[c], -c)) == item.answer for s, item in zip(scores, self.items)]
+            return sum(hits) / len(hits)
+        losses = [-torch.log_softmax(torch.tensor(s, dtype=torch.float64), 0)[item.answer].item()
+                  for s, item in zip(scores, self.items)]
+        return sum(losses) / len(losses)
+
+    def describe(self) -> dict:
+        return {"metric": self.name, "items": len(self.items), "normalize": self.normalize}
+
+
+# -- registry --------------------------------------------------------------------------------------------
+
+METRICS = {
+    "ppl": "perplexity of calibration text (lower is better)",
+    "mc-acc": "multiple-choice accuracy on a calibration task (higher is better)",
+    "mc-loss": "multiple-choice answer cross-entropy on a calibration task (lower is better)",
+}
+
+
+def check_metric_name(name: str) -> str:
+    if name not in METRICS:
+        close = difflib.get_close_matches(name, list(METRICS), n=1, cutoff=0.4)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(f"unknown metric {name!r}; {hint}known metrics: {', '.join(METRICS)}")
+    return name
+
+
+def better(a: float, b: float, *, higher_is_better: bool) -> bool:
+    """Is ``a`` strictly better than ``b``? (NaN is never better.)"""
+    if math.isnan(a):
+        return False
+    if math.isnan(b):
+        return True
+    return a > b if higher_is_better else a < b

@@ -1,0 +1,126 @@
+"""DP depth shrinking (AmoebaLLM, Sec. 3.2), with row caching and resumable rows.
+
+``D[n][m]`` is the best metric after removing ``m`` layers among the last ``n`` (layers ``N-n .. N-1``); every
+layer below them is kept, so the whole network always runs. Rows are filled from the top layer down. In row
+``n`` the layer being decided is ``L = N - n``:
+
+- keep ``L``: the network of ``D[n-1][m]`` (it already keeps ``L``), so its metric is known, no evaluation;
+- remove ``L``: the layers kept by ``D[n-1][m-1]`` above ``L``, on top of every layer below ``L``: evaluated.
+
+The better one wins (the keep option on a tie). ``D[N][m]`` then gives the layers of depth ``N - m``. This is
+a heuristic in general (it is exact for metrics additive over layers). All remove-candidates of a row share
+the layers below ``L``, which is what the objective's prefix cache exploits.
+
+After each row a small JSON checkpoint (written atomically) lets an interrupted run continue from the last
+completed row.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from amoeba_search.paths import atomic_write_text
+from amoeba_search.selection.calibration import better
+
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class DepthResult:
+    """Kept layers and calibration metric per depth, and what computing them cost."""
+
+    depth_layers: dict[int, list[int]]
+    depth_metric: dict[int, float | None]
+    evaluations: int                              # networks scored, across resumed runs
+    evaluations_this_run: int = 0
+    resumed_from_row: int = 0
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class DPCheckpoint:
+    """The last completed DP row, in a JSON file valid only for the settings hashed into ``key``."""
+
+    def __init__(self, path: str | Path, settings: dict[str, Any]):
+        self.path = Path(path)
+        self.key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+
+    def load(self) -> dict[str, Any] | None:
+        if not self.path.is_file():
+            return None
+        try:
+            state = json.loads(self.path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"checkpoint {self.path} is damaged ({err}); remove it to start over") from None
+        if state.get("format") != CHECKPOINT_FORMAT or state.get("key") != self.key:
+            raise ValueError(f"checkpoint {self.path} was made with other settings or another model; "
+                             "remove it, or run without --resume to start over")
+        return state
+
+    def save(self, rows_done: int, row, evaluations: int) -> None:
+        state = {"format": CHECKPOINT_FORMAT, "key": self.key, "rows_done": rows_done, "evaluations": evaluations,
+                 "row": [None if cell is None else [list(cell[0]), cell[1]] for cell in row]}
+        atomic_write_text(self.path, json.dumps(state))
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def check_depth_range(num_layers: int, min_depth: int, keep_last: int) -> None:
+    if not 1 <= min_depth <= num_layers:
+        raise ValueError(f"minimum depth must lie in 1..{num_layers} for this {num_layers}-layer model, got {min_depth}")
+    if not 0 <= keep_last <= num_layers:
+        raise ValueError(f"layers kept at the top must lie in 0..{num_layers}, got {keep_last}")
+    if keep_last > min_depth:
+        raise ValueError(f"keeping the top {keep_last} layers leaves no way to reach depth {min_depth}; "
+                         f"lower --keep-last to at most {min_depth}")
+
+
+def depth_dp(objective, *, min_depth: int, keep_last: int = 0, checkpoint: DPCheckpoint | None = None,
+             resume: bool = False, progress: bool = False) -> DepthResult:
+    """Fill the DP table of ``objective`` for depths ``min_depth..N`` (the top ``keep_last`` layers stay)."""
+    n_layers = objective.num_layers
+    check_depth_range(n_layers, min_depth, keep_last)
+    most = n_layers - min_depth                         # layers removed at the smallest depth
+    higher = objective.higher_is_better
+    state = checkpoint.load() if (checkpoint is not None and resume) else None
+    evaluated0 = objective.evaluations
+    if state is not None:
+        start, before = state["rows_done"], state["evaluations"]
+        row = [None if cell is None else (tuple(cell[0]), cell[1]) for cell in state["row"]]
+    else:
+        start, before = 0, 0
+        row = [((), objective.full())]                 # D[0][0]: nothing above, the full network
+    bar = tqdm(total=n_layers, initial=start, desc="depth DP rows", unit="row", disable=not progress)
+    for n in range(start + 1, n_layers + 1):
+        decided = n_layers - n                          # layer L decided in this row
+        reach = min(most, n - keep_last) if n > keep_last else 0
+        tails = [row[m - 1][0] for m in range(1, reach + 1)]
+        scores = objective.evaluate(decided, tails)
+        new = []
+        for m in range(reach + 1):
+            keep = ((decided,) + row[m][0], row[m][1]) if m < len(row) else None
+            remove = (row[m - 1][0], scores[m - 1]) if m >= 1 else None
+            new.append(remove if keep is None or (remove is not None and better(remove[1], keep[1], higher_is_better=higher))
+                       else keep)
+        row = new
+        done = before + objective.evaluations - evaluated0
+        if checkpoint is not None:
+            checkpoint.save(n, row, done)
+        bar.set_postfix(evals=done)
+        bar.update(1)
+    bar.close()
+    depth_layers = {n_layers - m: list(row[m][0]) for m in range(len(row))}
+    depth_metric = {n_layers - m: row[m][1] for m in range(len(row))}
+    this_run = objective.evaluations - evaluated0
+    return DepthResult(depth_layers, depth_metric, before + this_run, this_run, start)
+
+
+def dp_evaluation_count(num_layers: int, min_depth: int, keep_last: int = 0) -> int:
+    """Networks the DP scores (the full one included): sum over rows of the removable counts."""
+    most = num_layers - min_depth
+    return 1 + sum(min(most, n - keep_last) for n in range(keep_last + 1, num_layers + 1))

@@ -1,0 +1,241 @@
+"""Importance width shrinking: a per-layer order of FFN channels and of attention heads.
+
+A channel is what a consuming projection reads: an FFN channel is a ``down_proj`` input, a head is
+``head_dim`` consecutive ``o_proj`` inputs. Metrics (higher = more important):
+
+- ``flap`` (FLAP, An et al. 2024, "fluctuation"): the variance over calibration tokens of the channel's input
+  times the squared norm of the weight column that consumes it; heads sum their ``head_dim`` channels. FLAP then
+  standardizes scores per layer ((s - mean) / std) to compare layers; we do the same, though within a layer,
+  where our orders live, it changes nothing.
+- ``magnitude``: squared norm of every weight tied to the channel (gate and up rows + down column; q rows + o
+  columns for a head).
+- ``activation``: mean square of the channel's input (``||X_j||^2 / tokens``).
+- ``random``: a seeded random order.
+
+Heads are ranked WITHIN their KV group (``head_orders[l][k]`` ranks the group's heads by their index in the
+group), so keeping the top g of every group is always valid grouped-query attention.
+
+Everything is in the ORIGINAL model's indices, whatever order the supernet is in now (``Supernet.ffn_index``
+and ``head_index`` map its current positions back).
+
+Bias compensation (FLAP): LLaMA-style projections have no bias, so the Supernet view cannot carry one; instead
+:func:`bias_compensation` returns, for a given width, the mean contribution of the removed channels as a bias
+per layer, and :func:`add_output_biases` applies it with forward hooks. Strategies do not store it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from amoeba_search.selection.calibration import causal_lm
+from amoeba_search.shapes import SubnetShape
+
+WIDTH_METRICS = ("flap", "magnitude", "activation", "random")
+
+
+@dataclass
+class ChannelStats:
+    """Per layer, per input channel of down_proj (``ffn_*``) and o_proj (``attn_*``), ORIGINAL indices."""
+
+    ffn_mean: list[torch.Tensor]     # (F,) float64
+    ffn_var: list[torch.Tensor]      # (F,) population variance over tokens
+    attn_mean: list[torch.Tensor]    # (H*hd,) channel h*hd + d = dim d of original head h
+    attn_var: list[torch.Tensor]
+    tokens: int
+
+    @staticmethod
+    def mean_square(mean, var):
+        return var + mean ** 2
+
+
+class _Moments:
+    """Mean and M2 merged batch by batch (Chan et al.), in float64."""
+
+    def __init__(self):
+        self.n, self.mean, self.m2 = 0, None, None
+
+    def add(self, x: torch.Tensor) -> None:  # x: (tokens, channels)
+        x = x.double()
+        nb, mb = x.shape[0], x.mean(0)
+        m2b = ((x - mb) ** 2).sum(0)
+        if self.n == 0:
+            self.n, self.mean, self.m2 = nb, mb, m2b
+            return
+        n = self.n + nb
+        delta = mb - self.mean
+        self.mean = self.mean + delta * nb / n
+        self.m2 = self.m2 + m2b + delta ** 2 * self.n * nb / n
+        self.n = n
+
+    def var(self):
+        return self.m2 / self.n
+
+
+def _ffn_positions(supernet, layer: int) -> torch.Tensor:
+    """Original FFN channel at each current position."""
+    return supernet.ffn_index[layer]
+
+
+def _attn_positions(supernet, layer: int) -> torch.Tensor:
+    """Original o_proj input channel (head * hd + d) at each current position."""
+    hd = supernet.dims.head_dim
+    return (supernet.head_index[layer][:, None] * hd + torch.arange(hd)).reshape(-1)
+
+
+def _to_original(values: torch.Tensor, positions: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    out = torch.empty_like(values)
+    index = [slice(None)] * values.dim()
+    index[dim] = positions
+    out[tuple(index)] = values
+    return out
+
+
+@torch.inference_mode()
+def channel_statistics(supernet, batches: Sequence[torch.Tensor], *, progress: bool = False) -> ChannelStats:
+    """Run the full-width, full-depth model on ``batches`` and collect projection-input moments."""
+    previous = (supernet.active_shape, supernet.active_layers)
+    supernet.set_active(supernet.full_shape())
+    n = supernet.dims.num_layers
+    ffn, attn = [_Moments() for _ in range(n)], [_Moments() for _ in range(n)]
+    handles = []
+    for i, layer in enumerate(supernet.layers):
+        handles.append(layer.mlp.down_proj.register_forward_pre_hook(
+            lambda mod, args, acc=ffn[i]: acc.add(args[0].reshape(-1, args[0].shape[-1]))))
+        handles.append(layer.self_attn.o_proj.register_forward_pre_hook(
+            lambda mod, args, acc=attn[i]: acc.add(args[0].reshape(-1, args[0].shape[-1]))))
+    try:
+        decoder = causal_lm(supernet).model
+        for ids in tqdm(batches, desc="channel statistics", unit="batch", disable=not progress):
+            decoder(input_ids=ids, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+        supernet.set_active(*previous)
+    return ChannelStats(
+        ffn_mean=[_to_original(a.mean, _ffn_positions(supernet, i)) for i, a in enumerate(ffn)],
+        ffn_var=[_to_original(a.var(), _ffn_positions(supernet, i)) for i, a in enumerate(ffn)],
+        attn_mean=[_to_original(a.mean, _attn_positions(supernet, i)) for i, a in enumerate(attn)],
+        attn_var=[_to_original(a.var(), _attn_positions(supernet, i)) for i, a in enumerate(attn)],
+        tokens=ffn[0].n,
+    )
+
+
+def original_weights(supernet, layer: int) -> dict[str, torch.Tensor]:
+    """The layer's projection weights with channels and heads back in original order (copies, float64)."""
+    mod = supernet.layers[layer]
+    f, a = _ffn_positions(supernet, layer), _attn_positions(supernet, layer)
+    return {
+        "down": _to_original(mod.mlp.down_proj.weight.detach().double(), f, dim=1),   # (C, F)
+        "gate": _to_original(mod.mlp.gate_proj.weight.detach().double(), f, dim=0),   # (F, C)
+        "up": _to_original(mod.mlp.up_proj.weight.detach().double(), f, dim=0),       # (F, C)
+        "o": _to_original(mod.self_attn.o_proj.weight.detach().double(), a, dim=1),   # (C, H*hd)
+        "q": _to_original(mod.self_attn.q_proj.weight.detach().double(), a, dim=0),   # (H*hd, C)
+    }
+
+
+def _standardize(scores: torch.Tensor) -> torch.Tensor:
+    std = scores.std()
+    if not torch.isfinite(std) or std == 0:
+        return torch.zeros_like(scores)
+    return (scores - scores.mean()) / std
+
+
+def importance_scores(supernet, stats: ChannelStats | None, metric: str = "flap", *, seed: int = 0
+                      ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per layer, a score for every FFN channel ``(F,)`` and every query head ``(H,)``; higher = keep."""
+    if metric not in WIDTH_METRICS:
+        import difflib
+
+        close = difflib.get_close_matches(metric, WIDTH_METRICS, n=1, cutoff=0.4)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(f"unknown width metric {metric!r}; {hint}known: {', '.join(WIDTH_METRICS)}")
+    if stats is None and metric in ("flap", "activation"):
+        raise ValueError(f"width metric {metric!r} needs calibration statistics")
+    dims = supernet.dims
+    heads, hd = dims.num_heads, dims.head_dim
+    ffn_scores, head_scores = [], []
+    for i in range(dims.num_layers):
+        if metric == "random":
+            g = torch.Generator().manual_seed(seed * 100_003 + i)
+            ffn_scores.append(torch.rand(dims.ffn_size, generator=g, dtype=torch.float64))
+            head_scores.append(torch.rand(heads, generator=g, dtype=torch.float64))
+            continue
+        if metric == "activation":
+            ffn = ChannelStats.mean_square(stats.ffn_mean[i], stats.ffn_var[i])
+            attn = ChannelStats.mean_square(stats.attn_mean[i], stats.attn_var[i])
+        else:
+            w = original_weights(supernet, i)
+            if metric == "flap":
+                ffn = stats.ffn_var[i] * w["down"].pow(2).sum(0)
+                attn = stats.attn_var[i] * w["o"].pow(2).sum(0)
+            else:  # magnitude
+                ffn = w["gate"].pow(2).sum(1) + w["up"].pow(2).sum(1) + w["down"].pow(2).sum(0)
+                attn = w["q"].pow(2).sum(1) + w["o"].pow(2).sum(0)
+        head = attn.view(heads, hd).sum(1)
+        if metric == "flap":
+            ffn, head = _standardize(ffn), _standardize(head)
+        ffn_scores.append(ffn)
+        head_scores.append(head)
+    return ffn_scores, head_scores
+
+
+def _rank(scores: torch.Tensor) -> list[int]:
+    """Indices by descending score; ties keep index order (deterministic)."""
+    return torch.argsort(-scores, stable=True).tolist()
+
+
+def orders_from_scores(ffn_scores: Sequence[torch.Tensor], head_scores: Sequence[torch.Tensor], dims
+                       ) -> tuple[list[list[int]], list[list[list[int]]]]:
+    """FFN orders (original channel indices) and GQA-valid head orders (ranks within each KV group)."""
+    group = dims.group_size
+    ffn_orders = [_rank(s) for s in ffn_scores]
+    head_orders = [[_rank(s[k * group:(k + 1) * group]) for k in range(dims.num_kv_heads)] for s in head_scores]
+    return ffn_orders, head_orders
+
+
+def width_orders(supernet, batches: Sequence[torch.Tensor] | None, metric: str = "flap", *, seed: int = 0,
+                 progress: bool = False) -> tuple[list[list[int]], list[list[list[int]]], ChannelStats | None]:
+    """Collect statistics (when the metric needs them) and return ``(ffn_orders, head_orders, stats)``."""
+    stats = None
+    if metric in ("flap", "activation"):
+        if not batches:
+            raise ValueError(f"width metric {metric!r} needs calibration batches")
+        stats = channel_statistics(supernet, batches, progress=progress)
+    ffn_scores, head_scores = importance_scores(supernet, stats, metric, seed=seed)
+    ffn_orders, head_orders = orders_from_scores(ffn_scores, head_scores, supernet.dims)
+    return ffn_orders, head_orders, stats
+
+
+def bias_compensation(supernet, stats: ChannelStats, ffn_orders, head_orders, shape: SubnetShape
+                      ) -> list[dict[str, torch.Tensor]]:
+    """FLAP's bias: per layer, the mean output of the channels ``shape`` removes, for down_proj and o_proj.
+
+    Adding it to the projection's output makes the pruned layer exact on average over calibration tokens.
+    """
+    dims = supernet.dims
+    keep_ffn, keep_heads = shape.ffn_channels(dims), shape.heads_per_group(dims)
+    group, hd = dims.group_size, dims.head_dim
+    out = []
+    for i in range(dims.num_layers):
+        w = original_weights(supernet, i)
+        gone = torch.tensor(ffn_orders[i][keep_ffn:], dtype=torch.long)
+        ffn_bias = w["down"][:, gone] @ stats.ffn_mean[i][gone] if len(gone) else torch.zeros(dims.hidden_size,
+                                                                                                dtype=torch.float64)
+        heads_gone = [k * group + r for k in range(dims.num_kv_heads) for r in head_orders[i][k][keep_heads:]]
+        cols = torch.tensor([h * hd + d for h in heads_gone for d in range(hd)], dtype=torch.long)
+        attn_bias = w["o"][:, cols] @ stats.attn_mean[i][cols] if len(cols) else torch.zeros(dims.hidden_size,
+                                                                                            dtype=torch.float64)
+        out.append({"ffn": ffn_bias.float(), "attn": attn_bias.float()})
+    return out
+
+
+def add_output_biases(supernet, biases: Sequence[dict[str, torch.Tensor]]) -> list:
+    """Add ``biases`` (from :func:`bias_compensation`) to down_proj / o_proj outputs; returns hook handles."""
+    handles = []
+    for layer, bias in zip(supernet.layers, biases):
+        for module, b in ((layer.mlp.down_proj, bias["ffn"]), (layer.self_attn.o_proj, bias["attn"])):
+            handles.append(module.register_forward_hook(lambda mod, args, out, b=b: out + b.to(out.dtype)))
+    return handles

@@ -1,0 +1,87 @@
+import json
+
+import pytest
+import torch
+
+from amoeba_search.selection.calibration import (MultipleChoiceItem, MultipleChoiceMetric, PerplexityMetric,
+                                                 better, check_metric_name, load_mc_items)
+from tests.conftest import tiny_model, tiny_tokenizer
+
+
+def _naive_loglik(model, tok, context, choice):
+    ctx = tok(context, add_special_tokens=False)["input_ids"]
+    cont = tok(choice, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([ctx + cont])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids).logits[0].double(), -1)
+    return sum(logp[len(ctx) + j - 1, t].item() for j, t in enumerate(cont))
+
+
+def _task():
+    """A tiny synthetic task: continue a pattern; the answer is not always choice 0."""
+    return [MultipleChoiceItem("abcabcabc", ("abc", "xyz"), 0),
+            MultipleChoiceItem("1 2 3 4", (" 9 9", " 5"), 1),
+            MultipleChoiceItem("hello hello", (" world", " hello", " q"), 1),
+            MultipleChoiceItem("zz", ("z", "zzzz"), 0),
+            MultipleChoiceItem("the end of the", (" story", " the", " a b c d"), 0)]
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_multiple_choice_scores_match_one_sequence_at_a_time(normalize):
+    model, tok = tiny_model(), tiny_tokenizer()
+    items = _task()
+    metric = MultipleChoiceMetric(items, tok, kind="acc", batch_size=3, normalize=normalize)
+    stats = []
+    for i, batch in enumerate(metric.batches()):
+        with torch.no_grad():
+            hidden = model.model(input_ids=batch).last_hidden_state
+        stats.append(metric.batch_stats(i, hidden, model.lm_head))
+    got = metric.choice_loglik(stats)
+    for item, scores in zip(items, got):
+        for choice, score in zip(item.choices, scores):
+            want = _naive_loglik(model, tok, item.context, choice)
+            if normalize:
+                want /= len(tok(choice, add_special_tokens=False)["input_ids"])
+            assert score == pytest.approx(want, abs=1e-4)
+    acc = metric.finish(stats)
+    manual = sum(max(range(len(s)), key=lambda c: (s[c], -c)) == it.answer for s, it in zip(got, items)) / len(items)
+    assert acc == manual and metric(model) == acc
+    loss = MultipleChoiceMetric(items, tok, kind="loss")
+    assert loss(model) > 0 and not loss.higher_is_better and metric.higher_is_better
+
+
+def test_perplexity_metric_matches_evaluation_perplexity():
+    from amoeba_search.evaluation.perplexity import perplexity
+
+    model = tiny_model()
+    blocks = torch.randint(3, 259, (5, 10), generator=torch.Generator().manual_seed(0))
+    assert PerplexityMetric(blocks, batch_size=2)(model) == pytest.approx(perplexity(model, blocks).ppl, rel=1e-6)
+
+
+def test_items_from_jsonl(tmp_path):
+    path = tmp_path / "task.jsonl"
+    path.write_text("\n".join(json.dumps({"context": "a", "choices": ["b", "c"], "answer": 1}) for _ in range(3)))
+    assert len(load_mc_items(path)) == 3
+    path.write_text(json.dumps({"context": "a", "choices": ["b"], "answer": 0}))
+    with pytest.raises(ValueError, match="at least two choices"):
+        load_mc_items(path)
+    with pytest.raises(ValueError, match="not an index"):
+        MultipleChoiceItem("a", ("b", "c"), 2)
+
+
+def test_metric_names_and_comparison():
+    assert check_metric_name("ppl") == "ppl"
+    with pytest.raises(ValueError, match="did you mean 'ppl'"):
+        check_metric_name("pppl")
+    assert better(1.0, 2.0, higher_is_better=False) and better(2.0, 1.0, higher_is_better=True)
+    assert not better(float("nan"), 1.0, higher_is_better=False) and better(1.0, float("nan"), higher_is_better=False)
+
+
+def test_spread_blocks_are_evenly_spaced():
+    from amoeba_search.selection.calibration import spread_blocks
+
+    blocks = torch.arange(10)[:, None].repeat(1, 3)
+    assert spread_blocks(blocks, 4)[:, 0].tolist() == [0, 3, 6, 9]
+    assert spread_blocks(blocks, 1)[:, 0].tolist() == [0]
+    with pytest.raises(ValueError):
+        spread_blocks(blocks, 11)
