@@ -25,14 +25,12 @@ install: $(STAMP)
 # The default model (dequantized once, cached as safetensors) and the real English corpora.
 prepare: install
 	$(BIN)/amoeba-prepare austen lee wiki
+	$(BIN)/amoeba-eval --prepare-tasks
 	$(BIN)/python -c "from amoeba_search.models import load_model; load_model('smollm2-135m')"
 
 # The main job, end to end on the default model.
 demo: prepare
-	$(BIN)/amoeba-ppl --model smollm2-135m --data wiki --max-blocks 8
-	$(BIN)/amoeba-export --model smollm2-135m --shape d24-f0.75-h0.667 \
-		--strategy profiles/smollm2-135m/strategy.json --out $(OUT)/d24-f0.75-h0.667 --overwrite
-	$(BIN)/amoeba-ppl --model $(OUT)/d24-f0.75-h0.667 --data wiki --max-blocks 8
+	$(BIN)/amoeba-search --budget-ms 40 --out $(OUT)/search --export-best $(OUT)/best-40ms-$$(date +%s)
 
 test: prepare
 	$(BIN)/python -m pytest -q -ra
@@ -42,6 +40,10 @@ test-fast: install
 
 bench: prepare
 	$(BIN)/python benchmarks/export_speed.py
+	$(BIN)/python benchmarks/selection.py
+	$(BIN)/python benchmarks/latency_predictor.py
+	$(BIN)/python benchmarks/eval_tasks.py
+	$(BIN)/python benchmarks/search.py
 
 clean:
 	rm -rf $(VENV) $(OUT) *.egg-info

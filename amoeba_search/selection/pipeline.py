@@ -36,7 +36,7 @@ class SelectionSettings:
     metric: str = "ppl"
     calib: str = "wiki"             # text source for ppl; a JSONL file of items for mc-acc / mc-loss
     split: str = "calib"
-    samples: int = 32               # blocks of seq_len tokens, evenly spaced over the split (ppl); or items (mc)
+    samples: int = 4               # blocks of seq_len tokens, evenly spaced over the split (ppl); or items (mc)
     seq_len: int = 256
     min_depth: int | None = None    # default: half the layers
     keep_last: int = 0

@@ -15,6 +15,17 @@ from amoeba_search.shapes import SubnetShape
 SCHEMA_VERSION = 1
 
 
+def _dumps(value: Any, indent: int = 0) -> str:
+    """JSON with nested objects indented but every list of scalars on one line (one line per layer's order)."""
+    pad, inner = " " * indent, " " * (indent + 1)
+    if isinstance(value, dict) and value:
+        items = [f"{inner}{json.dumps(str(k))}: {_dumps(v, indent + 1)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(value, list) and value and any(isinstance(v, (dict, list)) for v in value):
+        return "[\n" + ",\n".join(inner + _dumps(v, indent + 1) for v in value) + "\n" + pad + "]"
+    return json.dumps(value)
+
+
 class StrategyMismatchError(ValueError):
     """The strategy was computed for another model."""
 
@@ -109,7 +120,7 @@ class SelectionStrategy:
         return strategy
 
     def save(self, path: str | Path) -> None:
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
+        atomic_write_text(path, _dumps(self.to_dict()) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "SelectionStrategy":

