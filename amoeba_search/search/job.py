@@ -16,7 +16,7 @@ from scipy.stats import spearmanr
 
 from amoeba_search.search.oracle import MetricOracle, design_sample
 from amoeba_search.search.predictors import Predictor, fit_best, load_predictor, save_predictor
-from amoeba_search.search.search import Point, SearchResult, search
+from amoeba_search.search.search import SearchResult, search
 from amoeba_search.shapes import SearchSpace, SubnetShape
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)

@@ -119,3 +119,19 @@ def peak_growth(rss_before_load: int | None, peak_was_reset: bool) -> int | None
             now = None
     now = now if now is not None else rss_bytes()
     return max(0, now - rss_before_load) if now is not None and rss_before_load is not None else None
+
+
+def time_requests(request_ms, settings, extra: dict):
+    """Time a serving engine by whole requests: prefill = a 1-token request, decode = the extra time of an
+    (N+1)-token request over it, per token. ``request_ms(tokens, seed)`` runs one request on a fresh prompt."""
+    from amoeba_search.profiling.flows.base import Measurement
+
+    prefill, decode = [], []
+    for rep in range(settings.repeats + 1):  # repeat 0 is the untimed warm-up
+        first = request_ms(1, seed=2 * rep)
+        whole = request_ms(settings.decode_tokens + 1, seed=2 * rep + 1)
+        if rep:
+            prefill.append(first)
+            decode.append(max(whole - first, 0.0) / settings.decode_tokens)
+    return Measurement(prefill_ms=prefill, decode_ms_per_token=decode,
+                       extra=dict(extra, method="max_tokens=1 vs max_tokens=N+1 requests"))

@@ -90,15 +90,7 @@ class MLCFlow:
                                              extra_body={"debug_config": {"ignore_eos": True}})
             return (time.perf_counter() - t0) * 1e3
 
-        prefill, decode = [], []
-        for rep in range(settings.repeats + 1):  # repeat 0 is the untimed warm-up
-            first = request_ms(1, seed=2 * rep)
-            whole = request_ms(settings.decode_tokens + 1, seed=2 * rep + 1)
-            if rep:
-                prefill.append(first)
-                decode.append(max(whole - first, 0.0) / settings.decode_tokens)
-        return Measurement(prefill_ms=prefill, decode_ms_per_token=decode,
-                           extra=dict(handle.extra, method="max_tokens=1 vs max_tokens=N+1 requests"))
+        return _common.time_requests(request_ms, settings, handle.extra)
 
     def close(self, handle: _Handle) -> None:
         if handle is not None and handle.engine is not None:
