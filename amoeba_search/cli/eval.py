@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--strategy",
                         help="selection strategy JSON (kept layers and width orders; needed below full depth)")
     parser.add_argument("--layers", help="comma-separated kept layer indices (instead of a strategy)")
-    parser.add_argument("--adapter", help="SMoL adapter checkpoint from fine-tuning (not supported yet)")
+    parser.add_argument("--adapter", help="fine-tuned SMoL adapter (an amoeba-finetune --out or checkpoint)")
     parser.add_argument("--tasks", help="comma-separated: amoeba_<task>[_calib], a .jsonl task file, ppl:<source>, "
                                         "or lm-eval task names (those need their data set from the hub)")
     parser.add_argument("--limit", type=int, help="at most N items per task (the first N of each)")
@@ -114,9 +114,6 @@ def main(argv=None) -> int:
         if not args.tasks:
             raise ValueError("--tasks is required (e.g. --tasks amoeba_goal_inference,ppl:wiki); "
                              f"see {PROG} --list-tasks")
-        if args.adapter:
-            raise ValueError("--adapter is not supported yet: SMoL adapters arrive with the fine-tuning stage; "
-                             "evaluate the base subnet (leave out --adapter) or merge the adapter with amoeba-export")
         if args.limit is not None and args.limit < 1:
             raise ValueError(f"--limit must be a positive number of items, got {args.limit}")
         from amoeba_search.evaluation.harness import evaluate_tasks, resolve_tasks
@@ -150,14 +147,14 @@ def _open(args, layers):
 
     shape = SubnetShape.parse(args.shape) if args.shape else None
     exported = Path(args.model).expanduser() / PROVENANCE_FILE
-    if exported.is_file() and shape is None and args.strategy is None and layers is None:
+    if exported.is_file() and shape is None and args.strategy is None and layers is None and not args.adapter:
         from amoeba_search.models.loading import load_model
 
         model, tokenizer = load_model(args.model)
         return model, tokenizer, None
     from amoeba_search.models.session import open_supernet
 
-    loaded = open_supernet(args.model, args.strategy)
+    loaded = open_supernet(args.model, args.strategy, adapter=args.adapter)
     shape = shape or loaded.supernet.full_shape()
     loaded.space(min_depth=1).validate(shape)
     if layers is None:

@@ -21,6 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shape", required=True, help="subnet shape, e.g. d24-f0.75-h0.667")
     parser.add_argument("--strategy", help="selection strategy JSON from amoeba-select (kept layers, width orders)")
     parser.add_argument("--layers", help="comma-separated kept layer indices (instead of a strategy)")
+    parser.add_argument("--adapter", help="fine-tuned SMoL adapter (amoeba-finetune --out): its mixture for "
+                        "--shape is merged into the weights, so the export needs no adapter code")
     parser.add_argument("--gguf", choices=["f16", "f32"], help="also write a GGUF file for llama.cpp")
     parser.add_argument("--out", required=True, type=Path, help="output directory (must not exist)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -32,21 +34,19 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
 
     def body():
-        from amoeba_search.models.export import export_subnet
         from amoeba_search.models.session import open_supernet
         from amoeba_search.shapes import SubnetShape
 
         shape = SubnetShape.parse(args.shape)
         if args.out.exists() and not args.overwrite:
             raise FileExistsError(f"{args.out} already exists; choose another --out or pass --overwrite")
-        loaded = open_supernet(args.model, args.strategy)
+        loaded = open_supernet(args.model, args.strategy, adapter=args.adapter)
         loaded.space(min_depth=1).validate(shape)
         if args.layers:
             layers = [int(i) for i in args.layers.split(",")]
         else:
             layers = loaded.layers_for(shape)
-        out = export_subnet(loaded.supernet, shape, args.out, layers=layers, tokenizer=loaded.tokenizer,
-                            gguf=args.gguf, provenance=loaded.provenance, overwrite=args.overwrite)
+        out = loaded.export(shape, args.out, layers=layers, gguf=args.gguf, overwrite=args.overwrite)
         summary = {"out": str(out), "shape": str(shape), "kept_layers": list(loaded.supernet.active_layers),
                    "files": sorted(p.name for p in out.iterdir())}
         if args.json:

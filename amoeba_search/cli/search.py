@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default="smollm2-135m", help="model alias, directory, .gguf or HF id (default: %(default)s)")
     parser.add_argument("--strategy", type=Path,
                         help="selection strategy JSON (default for the default model: profiles/smollm2-135m/strategy.json)")
-    parser.add_argument("--adapter", type=Path, help="fine-tuned SMoL adapter directory (not supported yet)")
+    parser.add_argument("--adapter", type=Path,
+                        help="fine-tuned SMoL adapter (amoeba-finetune --out): subnets are evaluated and exported with it")
     parser.add_argument("--metric", choices=["decode", "prefill", "e2e"], default="decode",
                         help="latency to budget: per decoded token, prompt prefill, or prefill + all decode steps")
     parser.add_argument("--objective", default="ppl", help="accuracy objective: ppl (held-out perplexity)")
@@ -76,7 +77,6 @@ def main(argv=None) -> int:
 
     def body():
         from amoeba_search.data import token_blocks
-        from amoeba_search.models.export import export_subnet
         from amoeba_search.models.session import open_supernet
         from amoeba_search.profiling.lut import LatencyTable
         from amoeba_search.profiling.model_source import model_fingerprint
@@ -84,9 +84,6 @@ def main(argv=None) -> int:
         from amoeba_search.search.job import run_job, write_outputs
         from amoeba_search.search.oracle import perplexity_oracle
 
-        if args.adapter is not None:
-            raise ValueError("--adapter needs the fine-tuning stage, which is not available yet; search the "
-                             "un-fine-tuned supernet by leaving it out")
         if args.objective != "ppl":
             raise ValueError(f"unknown objective {args.objective!r}; available: ppl")
         default_model = args.model == "smollm2-135m"
@@ -96,7 +93,7 @@ def main(argv=None) -> int:
         if args.export_best is not None and args.export_best.exists():
             raise FileExistsError(f"{args.export_best} already exists; choose another --export-best")
 
-        loaded = open_supernet(args.model, strategy)
+        loaded = open_supernet(args.model, strategy, adapter=args.adapter)
         config = loaded.supernet.base_config
         if table is None:
             from amoeba_search.profiling.devices import get_device
@@ -115,7 +112,7 @@ def main(argv=None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         oracle = perplexity_oracle(loaded, blocks, data_settings=data_settings, cache_path=args.out / "evaluations.json")
         predictor_path = args.predictor or (
-            PROFILES / "smollm2-135m" / f"predictor-ppl-{args.data}.json" if default_model
+            PROFILES / "smollm2-135m" / f"predictor-ppl-{args.data}.json" if default_model and args.adapter is None
             else args.out / f"predictor-ppl-{args.data}.json")
         if args.no_verify:
             measure, why = None, "skipped (--no-verify)"
@@ -124,6 +121,7 @@ def main(argv=None) -> int:
         else:
             measure, why = latency_meter(table, config, metric=args.metric)
         settings = {"model": args.model, "strategy": str(strategy) if strategy else None,
+                    "adapter": str(args.adapter) if args.adapter else None,
                     "table": None if args.roofline else str(table_path),
                     "device": device, "flow": flow, "dtype": dtype, "metric": args.metric,
                     "objective": "ppl", **data_settings, "latency_source": latency_source,
@@ -143,8 +141,7 @@ def main(argv=None) -> int:
         summary["outputs"] = {k: str(v) for k, v in paths.items()}
         best = job.result.best()
         if args.export_best is not None and best is not None:
-            export_subnet(loaded.supernet, best.shape, args.export_best, layers=loaded.layers_for(best.shape),
-                          tokenizer=loaded.tokenizer, provenance={**loaded.provenance, "search": settings})
+            loaded.export(best.shape, args.export_best, provenance={"search": settings})
             summary["exported"] = str(args.export_best)
         if args.json:
             emit_json(summary)

@@ -21,6 +21,7 @@ class LoadedSupernet:
     strategy: SelectionStrategy | None = None
     strategy_path: str | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
+    adapter: Any = None  # finetune.smol.SMoLAdapter, attached, when a fine-tuned adapter was given
 
     def layers_for(self, shape: SubnetShape) -> list[int] | None:
         """Kept layers for ``shape``: from the strategy, or all of them at full depth."""
@@ -40,9 +41,24 @@ class LoadedSupernet:
     def activate(self, shape: SubnetShape) -> None:
         self.supernet.set_active(shape, self.layers_for(shape))
 
+    def export(self, shape: SubnetShape, out_dir, *, layers=None, **kwargs):
+        """``export_subnet`` of ``shape``, with the adapter's mixture for that shape merged into the weights."""
+        from amoeba_search.models.export import export_subnet
 
-def open_supernet(spec: str = DEFAULT_MODEL, strategy: str | Path | None = None) -> LoadedSupernet:
-    """Load ``spec``, check ``strategy`` was made for it, and order widths by the strategy's importance."""
+        layers = self.layers_for(shape) if layers is None else layers
+        provenance = {**self.provenance, **kwargs.pop("provenance", {})}
+        if self.adapter is None:
+            return export_subnet(self.supernet, shape, out_dir, layers=layers, tokenizer=self.tokenizer,
+                                 provenance=provenance, **kwargs)
+        with self.adapter.merged(shape, layers):
+            return export_subnet(self.supernet, shape, out_dir, layers=layers, tokenizer=self.tokenizer,
+                                 provenance=provenance, **kwargs)
+
+
+def open_supernet(spec: str = DEFAULT_MODEL, strategy: str | Path | None = None,
+                  adapter: str | Path | None = None) -> LoadedSupernet:
+    """Load ``spec``, check ``strategy`` was made for it, order widths by the strategy's importance and, with
+    ``adapter`` (an amoeba-finetune output), add the fine-tuned SMoL adapter to every forward pass."""
     chosen = None if strategy is None else SelectionStrategy.load(strategy)  # fail fast, before the weights
     model, tokenizer = load_model(spec)
     fingerprint = model_fingerprint(model, name=spec)
@@ -58,5 +74,11 @@ def open_supernet(spec: str = DEFAULT_MODEL, strategy: str | Path | None = None)
         provenance["source_gguf"] = str(ALIASES[spec].path())
     elif str(spec).endswith(".gguf"):
         provenance["source_gguf"] = str(Path(spec).expanduser().resolve())
-    return LoadedSupernet(spec, supernet, tokenizer, fingerprint, chosen,
-                          None if strategy is None else str(strategy), provenance)
+    loaded = LoadedSupernet(spec, supernet, tokenizer, fingerprint, chosen,
+                            None if strategy is None else str(strategy), provenance)
+    if adapter is not None:
+        from amoeba_search.finetune.smol import SMoLAdapter
+
+        loaded.adapter = SMoLAdapter.load(adapter, supernet).attach().eval()
+        loaded.provenance["adapter"] = str(adapter)
+    return loaded

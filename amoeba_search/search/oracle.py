@@ -61,6 +61,8 @@ def perplexity_oracle(loaded, blocks, *, data_settings: dict, cache_path=None, b
         return perplexity(loaded.supernet, blocks, batch_size=batch_size).ppl
 
     settings = {"metric": "ppl", "model": loaded.fingerprint, "strategy": loaded.strategy_path, **data_settings}
+    if loaded.adapter is not None:
+        settings["adapter"] = loaded.adapter.identity()
     return MetricOracle(evaluate_one, settings, cache_path)
 
 

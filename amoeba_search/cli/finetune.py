@@ -1,0 +1,121 @@
+"""amoeba-finetune: one fine-tuning run that restores every subnet at once (stage 2)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from amoeba_search.cli._common import emit_json, run
+
+PROG = "amoeba-finetune"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="One-for-all fine-tuning: a shape-aware mixture of LoRAs (SMoL) trained on sandwich-sampled "
+                    "subnets (largest, smallest, random) with in-place distillation from the largest subnet and "
+                    "loss-magnitude balancing. Writes checkpoints, log.csv and the final adapter to --out.",
+        epilog="example: amoeba-finetune --strategy profiles/smollm2-135m/strategy.json --data wiki --steps 200 "
+               "--out out/ft   (data parallel: torchrun --nproc_per_node 2 $(which amoeba-finetune) ...)")
+    parser.add_argument("--model", default="smollm2-135m", help="alias, local HF directory, .gguf or HF id")
+    parser.add_argument("--strategy", help="selection strategy JSON (without one, only full-depth shapes train)")
+    parser.add_argument("--data", default="wiki",
+                        help="training text (austen, lee, wiki, .txt/.jsonl/directory, hf:NAME) or an Alpaca-style "
+                             "instruction .jsonl (instruction/input/output; loss on the response only)")
+    parser.add_argument("--split", default="train", choices=["train", "calib", "eval"], help="split of text data")
+    parser.add_argument("--max-examples", type=int, help="use at most this many blocks/examples")
+    parser.add_argument("--out", required=True, type=Path, help="run directory")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    g = parser.add_argument_group("training")
+    g.add_argument("--steps", type=int, default=200)
+    g.add_argument("--batch-size", type=int, default=4, help="sequences per process per step")
+    g.add_argument("--seq-len", type=int, default=256)
+    g.add_argument("--lr", type=float, default=2e-4)
+    g.add_argument("--warmup-steps", type=int, default=10)
+    g.add_argument("--random-shapes", type=int, default=2, help="random shapes per step besides largest and smallest")
+    g.add_argument("--min-depth", type=int, help="smallest depth sampled (default: the strategy's smallest)")
+    g.add_argument("--no-distill", action="store_true", help="train every subnet on the labels instead")
+    g.add_argument("--label-weight", type=float, default=0.0, help="label loss mixed into distilled subnets (0..1)")
+    g.add_argument("--no-balance", action="store_true", help="turn loss-magnitude balancing off (ablation)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--checkpoint-every", type=int, default=50)
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    a = parser.add_argument_group("SMoL adapter")
+    a.add_argument("--experts", type=int, default=5, help="LoRA experts T (default 5)")
+    a.add_argument("--top-k", type=int, default=2, help="experts mixed per shape (default 2)")
+    a.add_argument("--rank", type=int, help="LoRA rank (default: 64 scaled from hidden size 4096 to the model's)")
+    a.add_argument("--alpha", type=float, help="LoRA alpha (default: 2 x rank)")
+    parser.add_argument("--json", action="store_true", help="print a machine-readable summary at the end")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def body():
+        import torch
+        from tqdm.auto import tqdm
+
+        from amoeba_search.finetune.data import load_training_data
+        from amoeba_search.finetune.smol import SMoLAdapter, SMoLConfig, default_rank
+        from amoeba_search.finetune.trainer import Trainer, TrainConfig, init_distributed
+        from amoeba_search.models.session import open_supernet
+
+        train = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                            warmup_steps=args.warmup_steps, num_random=args.random_shapes,
+                            distill=not args.no_distill, label_weight=args.label_weight,
+                            balance=not args.no_balance, seed=args.seed, checkpoint_every=args.checkpoint_every)
+        rank, world = init_distributed()
+        loaded = open_supernet(args.model, args.strategy)
+        dims = loaded.supernet.dims
+        r = args.rank or default_rank(dims)
+        smol = SMoLConfig(num_experts=args.experts, top_k=args.top_k, rank=r, alpha=args.alpha or 2.0 * r)
+        space = loaded.space(min_depth=args.min_depth if args.min_depth else
+                             (None if loaded.strategy is not None else dims.num_layers))
+        device = _device(args.device, rank)
+        loaded.supernet.model.to(device)
+        adapter = SMoLAdapter(loaded.supernet, smol, seed=args.seed).to(device)
+        data = load_training_data(args.data, loaded.tokenizer, seq_len=args.seq_len,
+                                  max_examples=args.max_examples, split=args.split)
+        trainer = Trainer(loaded, adapter, data, train, args.out, space,
+                          run_info={"model": args.model, "strategy": args.strategy, "device": str(device)})
+        quiet = args.json or rank != 0
+        bar = tqdm(total=train.steps, unit="step", desc="fine-tuning", disable=quiet, file=sys.stderr)
+
+        def on_step(row):
+            if bar.n == 0 and row["step"] > 1:
+                bar.update(row["step"] - 1)
+            bar.set_postfix_str(f"loss {row['loss_largest']:.3f}/{row['loss_smallest']:.3f} "
+                                f"(largest/smallest) {row['tokens_per_s']:.0f} tok/s")
+            bar.update(1)
+
+        torch.manual_seed(args.seed)
+        try:
+            summary = trainer.run(resume=args.resume, on_step=on_step)
+        finally:
+            bar.close()
+        summary.update(world_size=world, trainable_parameters=adapter.describe()["trainable_parameters"])
+        if rank == 0:
+            if args.json:
+                emit_json(summary)
+            else:
+                print(f"fine-tuned {summary['steps']} steps on {world} process(es); adapter in {summary['adapter']}")
+                print(f"next: amoeba-search --adapter {args.out} ... or amoeba-export --adapter {args.out} ...")
+
+    return run(PROG, body)
+
+
+def _device(name: str, rank: int):
+    import torch
+
+    if name == "auto":
+        return torch.device(f"cuda:{rank}" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device here; use --device cpu")
+    return device
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,289 @@
+"""SMoL: a shape-aware mixture of LoRAs on the supernet's linear layers.
+
+Every target linear of every block gets T LoRA experts (A: (T, r, in), B: (T, out, r)). One gate, shared by
+all layers, reads the *subnet shape* (which layers are kept, FFN and heads ratio), not the tokens, and picks
+the top-k experts with softmax weights: noisy top-k while training, deterministic in eval mode. The gate always
+routes by the shape the supernet is set to. The adapter lives beside the model and joins it through forward hooks, so the HF model stays unmodified; the factors are
+sliced with the weights (A's columns with the active inputs, B's rows with the active outputs), so one
+adapter serves every width.
+
+Positions are the supernet's *physical* ones (importance-ordered, rank-major heads), so an adapter belongs to
+the channel/head order it was trained with; ``order_digest`` records it and loading checks it.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from amoeba_search.errors import AmoebaError
+from amoeba_search.models.supernet import SlicedLinear, Supernet
+from amoeba_search.paths import atomic_dir
+from amoeba_search.shapes import ModelDims, SubnetShape
+
+SCHEMA_VERSION = 1
+ADAPTER_WEIGHTS = "adapter.safetensors"
+ADAPTER_CONFIG = "adapter.json"
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class AdapterMismatchError(AmoebaError, ValueError):
+    """The adapter was trained for another model or another channel/head order."""
+
+
+def default_rank(dims: ModelDims) -> int:
+    """The paper's rank 64 at LLaMA-2-7B's hidden size 4096, scaled to this model (a multiple of 4, >= 4)."""
+    return max(4, int(round(64 * dims.hidden_size / 4096 / 4)) * 4)
+
+
+@dataclass(frozen=True)
+class SMoLConfig:
+    num_experts: int = 5          # T
+    top_k: int = 2
+    rank: int = 8
+    alpha: float = 16.0
+    targets: tuple[str, ...] = TARGETS
+    noise: bool = True            # noisy top-k while training
+
+    def __post_init__(self):
+        if self.num_experts < 1 or not 1 <= self.top_k <= self.num_experts:
+            raise ValueError(f"need 1 <= top_k <= experts, got top_k={self.top_k}, experts={self.num_experts}")
+        if self.rank < 1 or self.alpha <= 0:
+            raise ValueError(f"LoRA rank and alpha must be positive, got rank={self.rank}, alpha={self.alpha}")
+        unknown = sorted(set(self.targets) - set(TARGETS))
+        if unknown or not self.targets:
+            raise ValueError(f"unknown LoRA target(s) {unknown}; choose from {', '.join(TARGETS)}")
+        object.__setattr__(self, "targets", tuple(self.targets))
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.rank
+
+
+def order_digest(supernet: Supernet) -> str:
+    """A hash of the supernet's physical channel and head order (what adapter positions refer to)."""
+    payload = json.dumps([[t.tolist() for t in supernet.ffn_index], [t.tolist() for t in supernet.head_index]])
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+class ShapeGate(nn.Module):
+    """Noisy top-k gate over experts whose input is the shape: a kept-layer mask plus the width ratios."""
+
+    def __init__(self, num_layers: int, num_experts: int, top_k: int, *, noise: bool = True):
+        super().__init__()
+        self.num_layers, self.top_k, self.noisy = num_layers, top_k, noise
+        self.route = nn.Linear(num_layers + 2, num_experts)
+        self.noise = nn.Linear(num_layers + 2, num_experts)
+        nn.init.normal_(self.route.weight, std=0.1)  # distinct shapes start with distinct (tie-free) routes
+        nn.init.zeros_(self.route.bias)
+        nn.init.zeros_(self.noise.weight)
+        nn.init.zeros_(self.noise.bias)
+
+    def features(self, shape: SubnetShape, layers: Sequence[int]) -> torch.Tensor:
+        x = torch.zeros(self.num_layers + 2)
+        x[list(layers)] = 1.0
+        x[-2], x[-1] = shape.ffn_ratio, shape.heads_ratio
+        return x.to(self.route.weight)
+
+    def forward(self, features: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Dense expert weights (T,): softmax over the top-k logits, zero elsewhere."""
+        logits = self.route(features)
+        if self.training and self.noisy:
+            noise = torch.randn(logits.shape, generator=generator).to(logits)  # CPU generator: reproducible
+            logits = logits + noise * F.softplus(self.noise(features))
+        top = logits.topk(self.top_k)
+        return torch.zeros_like(logits).scatter(0, top.indices, torch.softmax(top.values, dim=0))
+
+
+class LoRAExperts(nn.Module):
+    """T LoRA factor pairs for one linear layer of shape (out, in)."""
+
+    def __init__(self, in_features: int, out_features: int, num_experts: int, rank: int):
+        super().__init__()
+        self.A = nn.Parameter(torch.empty(num_experts, rank, in_features))  # (T, r, in)
+        self.B = nn.Parameter(torch.zeros(num_experts, out_features, rank))  # (T, out, r): starts as a no-op
+        for a in self.A:
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+
+    def delta(self, x: torch.Tensor, weights: torch.Tensor, active_in: int | None, active_out: int | None,
+              scaling: float) -> torch.Tensor:
+        """sum_t w_t B_t A_t x over the experts with non-zero weight, sliced to the active widths."""
+        chosen = weights.nonzero().flatten()
+        k, r = len(chosen), self.A.shape[1]
+        a = self.A[chosen, :, :active_in].reshape(k * r, -1)                         # (k*r, in')
+        b = self.B[chosen, :active_out].permute(1, 0, 2).reshape(-1, k * r)          # (out', k*r)
+        h = F.linear(x, a) * weights[chosen].repeat_interleave(r).to(x.dtype)         # (..., k*r)
+        return F.linear(h, b) * scaling                                              # (..., out')
+
+    def merged_delta(self, weights: torch.Tensor, scaling: float) -> torch.Tensor:
+        """The full (out, in) weight update of this mixture."""
+        return torch.einsum("t,tor,tri->oi", weights.to(self.A.dtype), self.B, self.A) * scaling
+
+
+@dataclass
+class _Attached:
+    handles: list = field(default_factory=list)
+
+
+class SMoLAdapter(nn.Module):
+    """The adapter: a shape gate plus LoRA experts for every target linear of every layer of ``supernet``."""
+
+    def __init__(self, supernet: Supernet, config: SMoLConfig = SMoLConfig(), *, seed: int = 0):
+        super().__init__()
+        self.config, self.dims = config, supernet.dims
+        self.order = order_digest(supernet)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.gate = ShapeGate(self.dims.num_layers, config.num_experts, config.top_k, noise=config.noise)
+            self.experts = nn.ModuleDict()
+            for index, layer in enumerate(supernet.layers):
+                for name in config.targets:
+                    linear = _target(layer, name)
+                    self.experts[_key(index, name)] = LoRAExperts(linear.in_features, linear.out_features,
+                                                                  config.num_experts, config.rank)
+        dtype = next(supernet.model.parameters()).dtype
+        self.to(dtype)
+        self.supernet = [supernet]  # a list keeps it out of this module's parameters and state dict
+        self.noise_generator = torch.Generator()
+        self._weights: torch.Tensor | None = None
+        self._attached = _Attached()
+
+    # -- routing -------------------------------------------------------------------------------------
+
+    def expert_weights(self) -> torch.Tensor:
+        """The gate's weights for the supernet's active shape (fresh noise each call while training)."""
+        supernet = self.supernet[0]
+        features = self.gate.features(supernet.active_shape, supernet.active_layers)
+        return self.gate(features, self.noise_generator)
+
+    # -- joining the model ---------------------------------------------------------------------------
+
+    def attach(self) -> "SMoLAdapter":
+        """Add the experts to every forward of the supernet's model (idempotent)."""
+        if self._attached.handles:
+            return self
+        supernet = self.supernet[0]
+        handles = [supernet.model.register_forward_pre_hook(self._route_hook)]
+        for index, layer in enumerate(supernet.layers):
+            for name in self.config.targets:
+                handles.append(_target(layer, name).register_forward_hook(self._lora_hook(_key(index, name))))
+        self._attached.handles = handles
+        return self
+
+    def detach(self) -> None:
+        for handle in self._attached.handles:
+            handle.remove()
+        self._attached.handles = []
+
+    def _route_hook(self, module, args):
+        self._weights = self.expert_weights()  # once per model forward, shared by every layer
+
+    def _lora_hook(self, key: str):
+        experts, scaling = self.experts[key], self.config.scaling
+
+        def hook(module: SlicedLinear, args, output):
+            return output + experts.delta(args[0], self._weights, module.active_in, module.active_out, scaling)
+
+        return hook
+
+    # -- merging into plain weights ------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    @torch.no_grad()
+    def merged(self, shape: SubnetShape, layers: Sequence[int]):
+        """Fold the eval-mode mixture for ``shape`` into the kept layers' weights; restore them on exit.
+
+        Inside, the supernet set to ``shape`` computes the fine-tuned subnet with no adapter code (the hooks
+        are detached), so ``export_subnet`` writes a plain checkpoint.
+        """
+        supernet = self.supernet[0]
+        supernet.set_active(shape, layers)
+        was_training, was_attached = self.training, bool(self._attached.handles)
+        self.eval()
+        self.detach()
+        weights = self.gate(self.gate.features(shape, supernet.active_layers))
+        saved = {}
+        try:
+            for index in supernet.active_layers:
+                for name in self.config.targets:
+                    linear = _target(supernet.layers[index], name)
+                    saved[(index, name)] = linear.weight.data.clone()
+                    linear.weight.data += self.experts[_key(index, name)].merged_delta(weights, self.config.scaling)
+            yield supernet
+        finally:
+            for (index, name), original in saved.items():
+                _target(supernet.layers[index], name).weight.data = original
+            self.train(was_training)
+            if was_attached:
+                self.attach()
+
+    # -- files ---------------------------------------------------------------------------------------
+
+    def identity(self) -> str:
+        """A digest of the adapter's weights and settings: what makes evaluations with it comparable."""
+        digest = hashlib.sha256(json.dumps(self.describe(), sort_keys=True).encode())
+        for name, tensor in sorted(self.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    def describe(self) -> dict:
+        return {"schema_version": SCHEMA_VERSION, "kind": "smol-adapter", "config": asdict(self.config),
+                "dims": self.dims.to_dict(), "order_digest": self.order,
+                "trainable_parameters": sum(p.numel() for p in self.parameters())}
+
+    def save(self, directory: str | Path, *, extra: dict | None = None, overwrite: bool = True) -> Path:
+        """Write ``adapter.safetensors`` + ``adapter.json`` atomically to ``directory``."""
+        with atomic_dir(directory, overwrite=overwrite) as tmp:
+            self.write_into(tmp, extra=extra)
+        return Path(directory)
+
+    def write_into(self, directory: Path, *, extra: dict | None = None) -> None:
+        tensors = {name: t.detach().contiguous() for name, t in self.state_dict().items()}
+        save_file(tensors, str(directory / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+        (directory / ADAPTER_CONFIG).write_text(json.dumps({**self.describe(), **(extra or {})}, indent=2))
+
+    @classmethod
+    def load(cls, directory: str | Path, supernet: Supernet) -> "SMoLAdapter":
+        """Read an adapter for ``supernet``; refuse one made for another model or channel order.
+
+        ``directory`` is an adapter directory, a checkpoint of a run, or the run's ``--out`` (its final adapter).
+        """
+        directory = Path(directory)
+        if not (directory / ADAPTER_CONFIG).is_file() and (directory / "adapter" / ADAPTER_CONFIG).is_file():
+            directory = directory / "adapter"
+        config_path = directory / ADAPTER_CONFIG
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{directory} is not an adapter directory (no {ADAPTER_CONFIG}); "
+                                    "pass the --out of amoeba-finetune or one of its checkpoints")
+        record = json.loads(config_path.read_text())
+        if record.get("kind") != "smol-adapter" or record.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(f"{config_path}: not a schema-{SCHEMA_VERSION} SMoL adapter")
+        if record["dims"] != supernet.dims.to_dict():
+            raise AdapterMismatchError(f"the adapter in {directory} was trained for another model "
+                                       f"({record['dims']}); pass the model it was trained on")
+        if record["order_digest"] != order_digest(supernet):
+            raise AdapterMismatchError(f"the adapter in {directory} was trained with another channel/head order; "
+                                       "pass the --strategy it was trained with")
+        config = dict(record["config"], targets=tuple(record["config"]["targets"]))
+        adapter = cls(supernet, SMoLConfig(**config))
+        adapter.load_state_dict(load_file(str(directory / ADAPTER_WEIGHTS)))
+        return adapter.eval()
+
+
+def _key(index: int, name: str) -> str:
+    return f"{index}_{name}"
+
+
+def _target(layer: nn.Module, name: str) -> SlicedLinear:
+    owner = layer.self_attn if name in ("q_proj", "k_proj", "v_proj", "o_proj") else layer.mlp
+    return getattr(owner, name)

@@ -1,0 +1,120 @@
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from amoeba_search.finetune.smol import AdapterMismatchError, SMoLAdapter, SMoLConfig, default_rank
+from amoeba_search.models.session import open_supernet
+from amoeba_search.models.supernet import Supernet
+from amoeba_search.shapes import ModelDims, SubnetShape
+from tests.conftest import tiny_model, tiny_tokenizer
+from tests.finetune.helpers import tiny_loaded
+
+SMALL = SMoLConfig(num_experts=4, top_k=2, rank=4, alpha=8.0)
+
+
+def _randomized(adapter: SMoLAdapter, seed: int = 1) -> SMoLAdapter:
+    """Non-zero B factors (a fresh adapter is a no-op by design) so that merging has something to merge."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in adapter.named_parameters():
+            if name.endswith(".B"):
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+    return adapter
+
+
+def test_default_rank_scales_the_papers_64_at_4096():
+    assert default_rank(ModelDims(30, 576, 1536, 9, 3, 64)) == 8
+    assert default_rank(ModelDims(32, 4096, 11008, 32, 32, 128)) == 64
+
+
+def test_config_rejects_bad_settings():
+    with pytest.raises(ValueError, match="top_k"):
+        SMoLConfig(num_experts=2, top_k=3)
+    with pytest.raises(ValueError, match="unknown LoRA target"):
+        SMoLConfig(targets=("q_proj", "qkv"))
+
+
+def test_gate_routes_by_shape_and_is_deterministic_in_eval():
+    loaded = tiny_loaded()
+    adapter = SMoLAdapter(loaded.supernet, SMALL).eval()
+    sn = loaded.supernet
+    weights = {}
+    for shape in (SubnetShape(6, 1.0, 1.0), SubnetShape(3, 0.5, 1 / 3), SubnetShape(4, 0.75, 2 / 3)):
+        loaded.activate(shape)
+        first, second = adapter.expert_weights(), adapter.expert_weights()
+        assert torch.equal(first, second)                         # deterministic at inference
+        assert (first > 0).sum() == SMALL.top_k and torch.isclose(first.sum(), torch.tensor(1.0))
+        weights[shape] = first
+    values = list(weights.values())
+    assert not torch.allclose(values[0], values[1]) and not torch.allclose(values[1], values[2])
+    # The input is the shape, not the tokens: the same shape on other layers routes differently.
+    sn.set_active(SubnetShape(3, 0.5, 1 / 3), [1, 3, 4])
+    assert not torch.allclose(adapter.expert_weights(), values[1])
+    adapter.train()
+    draws = torch.stack([adapter.expert_weights() for _ in range(8)])
+    assert not all(torch.equal(draws[0], d) for d in draws[1:])  # noisy top-k while training
+
+
+def test_fresh_adapter_is_a_no_op_and_detach_removes_it():
+    loaded = tiny_loaded()
+    ids = torch.randint(3, 259, (2, 12))
+    with torch.no_grad():
+        base = loaded.supernet(input_ids=ids).logits
+        adapter = SMoLAdapter(loaded.supernet, SMALL).attach().eval()
+        assert torch.equal(loaded.supernet(input_ids=ids).logits, base)
+        _randomized(adapter)
+        assert not torch.allclose(loaded.supernet(input_ids=ids).logits, base)
+        adapter.detach()
+        assert torch.equal(loaded.supernet(input_ids=ids).logits, base)
+
+
+@pytest.mark.parametrize("shape, layers", [(SubnetShape(6, 1.0, 1.0), None),
+                                           (SubnetShape(4, 0.5, 2 / 3), [0, 2, 4, 5]),
+                                           (SubnetShape(3, 0.75, 1 / 3), [1, 3, 5])])
+def test_merged_export_matches_the_adapter_forward(tmp_path, shape, layers):
+    model_dir, adapter_dir, out = tmp_path / "tiny", tmp_path / "adapter", tmp_path / "export"
+    tiny_model().save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    _randomized(SMoLAdapter(Supernet(AutoModelForCausalLM.from_pretrained(model_dir)), SMALL)).save(adapter_dir)
+
+    loaded = open_supernet(str(model_dir), adapter=adapter_dir)
+    loaded.export(shape, out, layers=layers)
+    ids = torch.randint(3, 259, (2, 20))
+    loaded.supernet.set_active(shape, layers)
+    with torch.no_grad():
+        with_adapter = loaded.supernet(input_ids=ids).logits
+        exported = AutoModelForCausalLM.from_pretrained(out).eval()(input_ids=ids).logits
+        loaded.adapter.detach()
+        plain = loaded.supernet(input_ids=ids).logits
+    assert torch.allclose(exported, with_adapter, atol=1e-4)
+    assert not torch.allclose(plain, with_adapter, atol=1e-3)  # the adapter did change the subnet
+    provenance = (out / "amoeba_provenance.json").read_text()
+    assert str(adapter_dir) in provenance
+
+
+def test_merging_restores_the_supernet_weights():
+    loaded = tiny_loaded()
+    adapter = _randomized(SMoLAdapter(loaded.supernet, SMALL)).attach()
+    layers = torch.nn.ModuleList(loaded.supernet.layers)  # all six, whatever the active shape
+    before = {k: v.clone() for k, v in layers.state_dict().items()}
+    with adapter.merged(SubnetShape(4, 0.5, 1 / 3), [0, 2, 4, 5]):
+        assert not torch.equal(layers[2].mlp.up_proj.weight, before["2.mlp.up_proj.weight"])
+        assert torch.equal(layers[3].mlp.up_proj.weight, before["3.mlp.up_proj.weight"])  # not kept: untouched
+    after = layers.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    assert adapter._attached.handles  # re-attached after merging
+
+
+def test_load_rejects_another_model_or_order(tmp_path):
+    loaded = tiny_loaded()
+    SMoLAdapter(loaded.supernet, SMALL).save(tmp_path / "a")
+    other = Supernet(tiny_model(hidden_size=32, head_dim=8, num_attention_heads=4, num_key_value_heads=2))
+    with pytest.raises(AdapterMismatchError, match="another model"):
+        SMoLAdapter.load(tmp_path / "a", other)
+    reordered = tiny_loaded().supernet
+    reordered.set_order(ffn_orders=[list(reversed(range(64)))] * 6)
+    with pytest.raises(AdapterMismatchError, match="another channel/head order"):
+        SMoLAdapter.load(tmp_path / "a", reordered)
+    with pytest.raises(FileNotFoundError, match="not an adapter directory"):
+        SMoLAdapter.load(tmp_path, loaded.supernet)
+    assert SMoLAdapter.load(tmp_path / "a", loaded.supernet).config == SMALL
