@@ -41,9 +41,10 @@ test-fast: install
 bench: prepare
 	$(BIN)/python benchmarks/export_speed.py
 	$(BIN)/python benchmarks/selection.py
-	$(BIN)/python benchmarks/latency_predictor.py
+	$(BIN)/python benchmarks/latency_predictor.py --flows torch,ort,openvino,llamacpp --threads 2 --max-other-load 0.3 --wait-idle 120
 	$(BIN)/python benchmarks/eval_tasks.py
 	$(BIN)/python benchmarks/search.py
+	$(BIN)/python benchmarks/finetune.py
 
 clean:
 	rm -rf $(VENV) $(OUT) *.egg-info

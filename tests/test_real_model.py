@@ -53,3 +53,34 @@ def test_export_round_trip(loaded, wiki_blocks, tmp_path):
         view = loaded.supernet(x).logits
         plain = AutoModelForCausalLM.from_pretrained(out).eval()(x).logits
     torch.testing.assert_close(plain, view, atol=1e-4, rtol=1e-4)
+
+
+def test_finetune_step_and_merged_export_on_the_real_model(wiki_blocks, tmp_path):
+    """Two fine-tuning steps on the real model with the committed strategy; the merged export of the smallest
+    shape computes what the supernet with the adapter computes."""
+    from pathlib import Path
+
+    from amoeba_search.finetune.data import TrainingData
+    from amoeba_search.finetune.smol import SMoLAdapter, SMoLConfig
+    from amoeba_search.finetune.trainer import Trainer, TrainConfig, read_log
+    from amoeba_search.models.session import open_supernet
+
+    strategy = Path(__file__).resolve().parents[1] / "profiles" / "smollm2-135m" / "strategy.json"
+    loaded = open_supernet("smollm2-135m", strategy)
+    space = loaded.space()
+    blocks = wiki_blocks[:2, :64]
+    adapter = SMoLAdapter(loaded.supernet, SMoLConfig(rank=8, alpha=16.0))
+    trainer = Trainer(loaded, adapter, TrainingData(blocks, blocks.clone(), {"kind": "test"}),
+                      TrainConfig(steps=2, batch_size=1, lr=1e-3, warmup_steps=1, num_random=0), tmp_path / "run", space)
+    trainer.run()
+    assert all(torch.isfinite(torch.tensor(r["loss_smallest"])) for r in read_log(tmp_path / "run"))
+    shape = space.smallest()
+    loaded.adapter = adapter
+    loaded.export(shape, tmp_path / "small")
+    loaded.activate(shape)
+    ids = wiki_blocks[2:3, :48]
+    with torch.no_grad():
+        expected = loaded.supernet(input_ids=ids).logits
+        exported = AutoModelForCausalLM.from_pretrained(tmp_path / "small").eval()(input_ids=ids).logits
+    assert torch.allclose(exported, expected, atol=1e-4, rtol=1e-4)
+    adapter.detach()

@@ -36,12 +36,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fine-tuned SMoL adapter (amoeba-finetune --out): subnets are evaluated and exported with it")
     parser.add_argument("--metric", choices=["decode", "prefill", "e2e"], default="decode",
                         help="latency to budget: per decoded token, prompt prefill, or prefill + all decode steps")
-    parser.add_argument("--objective", default="ppl", help="accuracy objective: ppl (held-out perplexity)")
+    parser.add_argument("--objective", default="ppl", metavar="ppl|TASK",
+                        help="what the search minimizes: ppl (held-out perplexity of --data) or a local "
+                             "multiple-choice task, by name (amoeba_<task>_calib; see amoeba-eval --list-tasks) "
+                             "or .jsonl path, scored by its answer cross-entropy (accuracy reported beside it)")
+    parser.add_argument("--task-limit", type=int, default=100, help="task items per evaluation (default: %(default)s)")
+    parser.add_argument("--task-dir", type=Path, help="where local tasks live (default: the prepared ones)")
     parser.add_argument("--data", default="wiki", help="text for the ppl objective (default: %(default)s, eval split)")
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--blocks", type=int, default=8, help="eval blocks per shape evaluation")
     parser.add_argument("--predictor", type=Path, help="accuracy predictor JSON to reuse or write "
-                        "(default: profiles/<model>/predictor-<objective>-<data>.json for the default model, else in --out)")
+                        "(default: profiles/<model>/predictor-ppl-<data>.json for ppl on the default model, "
+                        "else predictor-<objective>-... in --out)")
     parser.add_argument("--method", choices=["hierarchical", "nsga2", "exhaustive"], default="hierarchical")
     parser.add_argument("--trials", type=int, default=120)
     parser.add_argument("--storage", help="Optuna storage URL shared by workers (default: sqlite in --out)")
@@ -82,10 +88,12 @@ def main(argv=None) -> int:
         from amoeba_search.profiling.model_source import model_fingerprint
         from amoeba_search.profiling.remeasure import latency_meter
         from amoeba_search.search.job import run_job, write_outputs
-        from amoeba_search.search.oracle import perplexity_oracle
+        from amoeba_search.search.oracle import check_objective, perplexity_oracle, task_oracle
 
-        if args.objective != "ppl":
-            raise ValueError(f"unknown objective {args.objective!r}; available: ppl")
+        task_path = check_objective(args.objective, task_dir=args.task_dir)  # before loading anything
+        if task_path is not None and args.task_limit < 1:
+            raise ValueError(f"--task-limit must be positive, got {args.task_limit}")
+        _note_heldout_task(args.objective)
         default_model = args.model == "smollm2-135m"
         strategy = args.strategy or (PROFILES / "smollm2-135m" / "strategy.json" if default_model else None)
         table_path = args.table or PROFILES / args.device / f"{args.flow}.csv"
@@ -107,13 +115,27 @@ def main(argv=None) -> int:
             latency_source = f"lookup table {table_path.name} ({table.flow} on {table.device}, measured)"
             device, flow, dtype = table.device, table.flow, table.dtype
         space = loaded.space()
-        blocks = token_blocks(args.data, loaded.tokenizer, split="eval", seq_len=args.seq_len, max_blocks=args.blocks)
-        data_settings = {"data": args.data, "split": "eval", "seq_len": args.seq_len, "blocks": args.blocks}
-        args.out.mkdir(parents=True, exist_ok=True)
-        oracle = perplexity_oracle(loaded, blocks, data_settings=data_settings, cache_path=args.out / "evaluations.json")
-        predictor_path = args.predictor or (
-            PROFILES / "smollm2-135m" / f"predictor-ppl-{args.data}.json" if default_model and args.adapter is None
-            else args.out / f"predictor-ppl-{args.data}.json")
+        cache = args.out / "evaluations.json"
+        if task_path is None:
+            blocks = token_blocks(args.data, loaded.tokenizer, split="eval", seq_len=args.seq_len,
+                                  max_blocks=args.blocks)
+            data_settings = {"data": args.data, "split": "eval", "seq_len": args.seq_len, "blocks": args.blocks}
+            args.out.mkdir(parents=True, exist_ok=True)
+            oracle = perplexity_oracle(loaded, blocks, data_settings=data_settings, cache_path=cache)
+            objective, label = "ppl", f"perplexity ({args.data}, held out)"
+            predictor_name = f"predictor-ppl-{args.data}.json"
+            in_profiles = default_model and args.adapter is None
+        else:
+            oracle = task_oracle(loaded, args.objective, limit=args.task_limit, task_dir=args.task_dir,
+                                 cache_path=cache)  # reads the cache only if it exists; writes it later
+            objective, items = oracle.settings["task"], oracle.settings["items"]
+            data_settings = {"task": objective, "task_file": str(task_path), "task_limit": args.task_limit}
+            label = f"{objective} answer cross-entropy (nats, {items} items)"
+            predictor_name = f"predictor-task-{objective}-{items}.json"
+            in_profiles = False
+            args.out.mkdir(parents=True, exist_ok=True)
+        predictor_path = args.predictor or (PROFILES / "smollm2-135m" / predictor_name if in_profiles
+                                            else args.out / predictor_name)
         if args.no_verify:
             measure, why = None, "skipped (--no-verify)"
         elif args.roofline:
@@ -124,8 +146,8 @@ def main(argv=None) -> int:
                     "adapter": str(args.adapter) if args.adapter else None,
                     "table": None if args.roofline else str(table_path),
                     "device": device, "flow": flow, "dtype": dtype, "metric": args.metric,
-                    "objective": "ppl", **data_settings, "latency_source": latency_source,
-                    "latency_verification": why, "objective_label": f"perplexity ({args.data}, held out)",
+                    "objective": objective, **data_settings, "latency_source": latency_source,
+                    "latency_verification": why, "objective_label": label,
                     "latency_label": f"{args.metric} latency (ms{'/token' if args.metric == 'decode' else ''}), "
                                      f"{flow} on {device}"}
         tag = hashlib.sha256(json.dumps([settings, oracle.settings], sort_keys=True, default=str).encode()).hexdigest()[:10]
@@ -151,18 +173,32 @@ def main(argv=None) -> int:
     return run(PROG, body)
 
 
+def _note_heldout_task(objective: str) -> None:
+    """Searching on a task's evaluation part would bias the accuracies later reported on it: say so."""
+    from amoeba_search.evaluation.local_tasks import CALIB_SUFFIX, TASK_PREFIX, is_task_path
+
+    if objective.startswith(TASK_PREFIX) and not is_task_path(objective) and not objective.endswith(CALIB_SUFFIX):
+        print(f"{PROG}: note: {objective} is a held-out evaluation task; search on {objective}{CALIB_SUFFIX} "
+              f"and keep {objective} for reporting", file=sys.stderr)
+
+
 def _print_front(job, args, paths, summary) -> None:
     report = job.predictor
     print(f"accuracy predictor: {report.kind}{' (reused)' if report.reused else ''}, held-out Spearman "
           f"{report.holdout_spearman:.3f}, error {100 * report.holdout_mare:.1f}% on {report.holdout_shapes} shapes")
     print(f"searched {len(job.result.points)} shapes in {job.result.trials} trials ({job.result.method}); "
           f"{job.real_evaluations} real evaluations")
+    print(f"metric: {job.settings.get('objective_label')} (lower is better)")
     print(f"Pareto front within {args.budget_ms:g} ms ({args.metric}):")
-    print(f"  {'shape':<18} {'pred ppl':>9} {'real ppl':>9} {'pred ms':>8} {'real ms':>8}")
+    accuracy = any(row.get("verified_accuracy") is not None for row in summary["front"])
+    print(f"  {'shape':<18} {'pred metric':>11} {'real metric':>11}{' real acc' if accuracy else ''} "
+          f"{'pred ms':>8} {'real ms':>8}")
     for row in summary["front"]:
-        real_ppl = f"{row['verified_metric']:.2f}" if row["verified_metric"] is not None else "-"
+        real = f"{row['verified_metric']:.4g}" if row["verified_metric"] is not None else "-"
+        acc = "" if not accuracy else (f" {row['verified_accuracy']:>8.3f}" if row.get("verified_accuracy") is not None
+                                       else f" {'-':>8}")
         real_ms = f"{row['verified_latency_ms']:.1f}" if row["verified_latency_ms"] is not None else "-"
-        print(f"  {row['shape']:<18} {row['predicted_metric']:>9.2f} {real_ppl:>9} "
+        print(f"  {row['shape']:<18} {row['predicted_metric']:>11.4g} {real:>11}{acc} "
               f"{row['predicted_latency_ms']:>8.1f} {real_ms:>8}")
     print(f"best: {summary['best']}; latency verification: {job.settings.get('latency_verification')}")
     print(f"wrote {paths['front_json']}, {paths['front_csv']}, {paths['plot']}")

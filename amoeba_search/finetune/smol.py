@@ -172,7 +172,8 @@ class SMoLAdapter(nn.Module):
         if self._attached.handles:
             return self
         supernet = self.supernet[0]
-        handles = [supernet.model.register_forward_pre_hook(self._route_hook)]
+        # On the decoder stack, not the LM head wrapper: callers that run ``model.model`` directly route too.
+        handles = [supernet.model.model.register_forward_pre_hook(self._route_hook)]
         for index, layer in enumerate(supernet.layers):
             for name in self.config.targets:
                 handles.append(_target(layer, name).register_forward_hook(self._lora_hook(_key(index, name))))

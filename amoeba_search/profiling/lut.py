@@ -9,8 +9,9 @@ part that depends on the width (FFN ratio, heads ratio):
 - ``linear``: ``T = c + depth * (a + b*f + g*h + k*f*h)`` over ratios ``f, h`` (any width, coarser).
 
 Widths that were not measured are interpolated bilinearly between measured ones (per-width and
-shared-intercept). The method is chosen by its error on held-out rows; the evaluation lives beside the
-table in ``<table>.eval.json``.
+shared-intercept). The method is chosen by leave-one-shape-out cross-validation over every measured row (so
+all rows count, not only the few held out); the evaluation, with the error on held-out rows of a fit that
+never saw them, lives beside the table in ``<table>.eval.json``.
 """
 from __future__ import annotations
 
@@ -347,7 +348,7 @@ class LatencyTable:
         return self._fits[key]
 
     def chosen_method(self, metric: str) -> str:
-        """The method with the lowest held-out error for ``metric`` (per-width when nothing is held out)."""
+        """The method with the lowest leave-one-shape-out error for ``metric`` (the first that fits otherwise)."""
         if self._chosen is None:
             self._chosen = self.evaluate().get("chosen", {})
         if metric in self._chosen:
@@ -414,11 +415,42 @@ class LatencyTable:
             measured = {"decode": merged[columns["decode"]], "prefill": merged[columns["prefill"]], "e2e": merged["e2e"]}
             for metric in METRICS:
                 result["metrics"][metric][method] = _error_stats(preds[metric], measured[metric].to_numpy(float))
+        result["cross_validation"] = cv = self.cross_validate()
+        result["chosen_by"] = "leave-one-shape-out cross-validation over all rows (lowest MAPE)"
         for metric in METRICS:
-            scored = {m: s["mape"] for m, s in result["metrics"][metric].items() if "mape" in s}
+            scored = {m: s["mape"] for m, s in cv[metric].items() if "mape" in s}
             if scored:
                 result["chosen"][metric] = min(scored, key=scored.get)
         return result
+
+    def cross_validate(self) -> dict:
+        """Leave-one-shape-out error of each method over every measured shape, per metric."""
+        points = {m: self.points(m) for m in ("decode", "prefill")}
+        merged = points["decode"].merge(points["prefill"], on=["depth", "ffn_ratio", "heads_ratio"],
+                                        suffixes=("_decode", "_prefill"))
+        tokens = int(self.decode_tokens)
+        out: dict = {metric: {} for metric in METRICS}
+        for method in METHODS:
+            guess = {"decode": np.full(len(merged), np.nan), "prefill": np.full(len(merged), np.nan)}
+            for i in range(len(merged)):
+                row = merged.iloc[i]
+                for metric, values in guess.items():
+                    try:
+                        fit = fit_latency(points[metric].drop(points[metric].index[i]), metric, method)
+                        values[i] = fit.predict(int(row.depth), row.ffn_ratio, row.heads_ratio)
+                    except LatencyTableError:
+                        pass  # the rest cannot predict this shape (e.g. its width was measured only here)
+            guess["e2e"] = guess["prefill"] + tokens * guess["decode"]
+            truth = {"decode": merged["y_decode"].to_numpy(float), "prefill": merged["y_prefill"].to_numpy(float)}
+            truth["e2e"] = truth["prefill"] + tokens * truth["decode"]
+            for metric in METRICS:
+                ok = ~np.isnan(guess[metric])
+                if ok.sum() < max(2, 0.75 * len(ok)):
+                    out[metric][method] = {"error": f"only {int(ok.sum())} of {len(ok)} shapes predictable"}
+                else:
+                    out[metric][method] = {**_error_stats(guess[metric][ok], truth[metric][ok]),
+                                           "skipped": int((~ok).sum())}
+        return out
 
     def write_eval(self, path: str | os.PathLike | None = None, *, extra: dict | None = None) -> Path:
         """Write :meth:`evaluate` beside the table (``<table>.eval.json``) and return its path."""

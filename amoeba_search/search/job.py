@@ -90,6 +90,7 @@ class JobResult:
                 "verified_metric": v.get("metric"), "verified_metric_source": v.get("metric_source"),
                 "predicted_latency_ms": p.latency_ms, "latency_source": self.settings.get("latency_source"),
                 "verified_latency_ms": v.get("latency_ms"), "verified_latency_source": v.get("latency_source"),
+                **{f"verified_{k}": x for k, x in v.get("details", {}).items()},  # e.g. verified_accuracy
             })
         return rows
 
@@ -134,6 +135,8 @@ def run_job(space: SearchSpace, oracle: MetricOracle, latency_fn: Callable[[Subn
                 progress("verifying the front", i + 1, len(result.front))
             record = {"shape": str(point.shape), "metric": float(oracle([point.shape])[0]),
                       "metric_source": f"measured ({oracle.settings.get('metric')} on the supernet)"}
+            if point.shape in oracle.details:
+                record["details"] = oracle.details[point.shape]
             if measure_latency is not None:
                 record["latency_ms"] = float(measure_latency(point.shape))
                 record["latency_source"] = "measured now"

@@ -2,6 +2,9 @@
 
 The cache file is JSON: the settings that make a number comparable (model fingerprint, strategy, data) and
 one entry per evaluated shape, rewritten atomically after each evaluation, so a killed run resumes.
+
+Objectives (all lower is better, since the search minimizes): ``ppl``, held-out perplexity
+(``perplexity_oracle``), or a local multiple-choice task's answer cross-entropy (``task_oracle``).
 """
 from __future__ import annotations
 
@@ -18,7 +21,10 @@ from amoeba_search.shapes import SearchSpace, SubnetShape
 
 
 class MetricOracle:
-    """``oracle(shapes) -> np.ndarray`` of real metrics; ``evaluate_one`` does the actual work."""
+    """``oracle(shapes) -> np.ndarray`` of real metrics; ``evaluate_one`` does the actual work.
+
+    ``evaluate_one`` returns the metric, or ``(metric, details)`` with a dict of side numbers kept beside it.
+    """
 
     def __init__(self, evaluate_one: Callable[[SubnetShape], float], settings: dict[str, Any],
                  cache_path: str | Path | None = None):
@@ -26,19 +32,24 @@ class MetricOracle:
         self.cache_path = None if cache_path is None else Path(cache_path)
         self.values: dict[SubnetShape, float] = {}
         self.seconds: dict[SubnetShape, float] = {}
+        self.details: dict[SubnetShape, dict] = {}  # side numbers per shape (e.g. task accuracy), if any
         self.evaluations = 0  # real evaluations done by this object (cache hits excluded)
         if self.cache_path is not None and self.cache_path.is_file():
             data = json.loads(self.cache_path.read_text())
             if data.get("settings") == settings:
                 self.values = {SubnetShape.parse(k): v for k, v in data["metrics"].items()}
                 self.seconds = {SubnetShape.parse(k): v for k, v in data.get("seconds", {}).items()}
+                self.details = {SubnetShape.parse(k): v for k, v in data.get("details", {}).items()}
 
     def __call__(self, shapes: Sequence[SubnetShape], progress: Callable[[SubnetShape], None] | None = None) -> np.ndarray:
         for shape in shapes:
             if shape not in self.values:
                 start = time.perf_counter()
-                self.values[shape] = float(self.evaluate_one(shape))
+                result = self.evaluate_one(shape)
                 self.seconds[shape] = time.perf_counter() - start
+                if isinstance(result, tuple):
+                    result, self.details[shape] = result
+                self.values[shape] = float(result)
                 self.evaluations += 1
                 self._save()
             if progress is not None:
@@ -49,6 +60,8 @@ class MetricOracle:
         if self.cache_path is not None:
             data = {"settings": self.settings, "metrics": {str(k): v for k, v in sorted(self.values.items())},
                     "seconds": {str(k): round(v, 3) for k, v in sorted(self.seconds.items())}}
+            if self.details:
+                data["details"] = {str(k): v for k, v in sorted(self.details.items())}
             atomic_write_text(self.cache_path, json.dumps(data, indent=1))
 
 
@@ -64,6 +77,87 @@ def perplexity_oracle(loaded, blocks, *, data_settings: dict, cache_path=None, b
     if loaded.adapter is not None:
         settings["adapter"] = loaded.adapter.identity()
     return MetricOracle(evaluate_one, settings, cache_path)
+
+
+def check_objective(spec: str, *, task_dir=None) -> Path | None:
+    """None for ``ppl``, else the JSONL file of local task ``spec`` (a name or a path).
+
+    An unknown name raises ``ValueError`` (one line, with close matches); a BIG-bench task that is not
+    prepared yet raises ``MissingDependency`` saying how to prepare it.
+    """
+    if spec == "ppl":
+        return None
+    from amoeba_search.evaluation import local_tasks
+
+    path = local_tasks.task_file(spec, task_dir)
+    if path is not None:
+        return path
+    try:
+        local_tasks.task_items(spec, directory=task_dir)  # raises MissingDependency for an unprepared task
+    except KeyError:
+        pass
+    known = local_tasks.local_task_names(task_dir)
+    hint = local_tasks.did_you_mean(spec, ["ppl", *known])
+    if not known:
+        hint += "; no local tasks are prepared (run `amoeba-eval --prepare-tasks`)"
+    raise ValueError(f"unknown objective {spec!r}; {hint} (an objective is ppl, a local task name or a .jsonl "
+                     f"task file)")
+
+
+def task_oracle(loaded, task: str, *, limit: int | None = 100, task_dir=None, cache_path=None,
+                batch_size: int = 8) -> MetricOracle:
+    """Multiple-choice task ``task`` (a local task name or .jsonl path) on shapes of ``loaded``.
+
+    The metric is the task's *answer cross-entropy*: per item, ``-log softmax(choice log-likelihoods)[answer]``,
+    averaged over the first ``limit`` items (lower is better; the formula of selection's ``mc-loss``).
+    Accuracy on a hundred items moves in steps of 0.01 and ties across many shapes, so a predictor fit on it
+    cannot rank them; the cross-entropy is continuous, always above zero (the predictor's relative error
+    divides by it) and falls as the answer's share of the choices' probability rises. The accuracy, from the
+    same forward pass, is kept beside it (``details``: ``accuracy``) and shown with the verified front.
+    Choices are scored as lm-eval scores local tasks: ``context + " " + choice``, summed (not per-token)
+    log-likelihoods, so ``accuracy`` matches ``amoeba-eval``'s ``acc`` for a subnet.
+    """
+    from amoeba_search.evaluation.local_tasks import file_sha256, read_task_file, task_name
+    from amoeba_search.selection.calibration import MultipleChoiceMetric
+
+    path = check_objective(task, task_dir=task_dir)
+    if path is None:
+        raise ValueError("task_oracle needs a task; use perplexity_oracle for ppl")
+    if limit is not None and limit < 1:
+        raise ValueError(f"task limit must be positive, got {limit}")
+    items = read_task_file(path)[:limit]
+    metric = MultipleChoiceMetric(lm_eval_items(items), loaded.tokenizer, kind="loss", batch_size=batch_size)
+
+    def evaluate_one(shape: SubnetShape):
+        if loaded.adapter is None:
+            loaded.activate(shape)
+            stats = metric.statistics(loaded.supernet)
+        else:  # the metric runs the decoder stack directly: fold the adapter in for this shape
+            with loaded.adapter.merged(shape, loaded.layers_for(shape)):
+                stats = metric.statistics(loaded.supernet)
+        accuracy, loss = metric.accuracy_and_loss(stats)
+        return loss, {"accuracy": accuracy}
+
+    name = task_name(task)
+    settings = {"metric": f"task-loss:{name}", "model": loaded.fingerprint, "strategy": loaded.strategy_path,
+                "task": name, "task_sha256": file_sha256(path), "limit": limit, "items": len(items),
+                "scoring": "answer cross-entropy among choices, summed log-likelihood of ' ' + choice"}
+    if loaded.adapter is not None:
+        settings["adapter"] = loaded.adapter.identity()
+    return MetricOracle(evaluate_one, settings, cache_path)
+
+
+def lm_eval_items(items):
+    """Local task items as ``MultipleChoiceItem``s scored like lm-eval: the choice follows the context after a
+    space, and whitespace ending the context moves into the choice."""
+    from amoeba_search.selection.calibration import MultipleChoiceItem
+
+    out = []
+    for context, choices, answer in items:
+        stripped = context.rstrip()
+        moved = context[len(stripped):]
+        out.append(MultipleChoiceItem(stripped, tuple(f"{moved} {c}" for c in choices), answer))
+    return out
 
 
 def design_sample(space: SearchSpace, n: int, *, seed: int = 0, exclude: Sequence[SubnetShape] = (),

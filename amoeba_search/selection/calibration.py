@@ -69,14 +69,22 @@ class CalibrationMetric:
         return {"metric": self.name}
 
     @torch.inference_mode()
-    def __call__(self, model) -> float:
-        """Score ``model`` (HF causal LM or Supernet at its active shape) through its ordinary forward."""
+    def statistics(self, model) -> list[torch.Tensor]:
+        """Every batch's statistics for ``model`` (HF causal LM or Supernet at its active shape).
+
+        Runs the decoder stack (``lm.model``) and ``lm_head`` directly, so forward hooks on the causal LM
+        itself (an attached SMoL adapter's routing) do not fire: merge such an adapter first.
+        """
         lm = causal_lm(model)
         stats = []
         for i, batch in enumerate(self.batches()):
             hidden = lm.model(input_ids=batch, use_cache=False).last_hidden_state  # (B, T, C), after the norm
             stats.append(self.batch_stats(i, hidden, lm.lm_head))
-        return self.finish(stats)
+        return stats
+
+    def __call__(self, model) -> float:
+        """Score ``model`` through its ordinary forward (see ``statistics``)."""
+        return self.finish(self.statistics(model))
 
 
 class PerplexityMetric(CalibrationMetric):
@@ -219,14 +227,17 @@ class MultipleChoiceMetric(CalibrationMetric):
             out[i][c] = value
         return out
 
-    def finish(self, stats):
+    def accuracy_and_loss(self, stats) -> tuple[float, float]:
+        """Both metrics from one set of statistics: accuracy and mean answer cross-entropy among the choices."""
         scores = self.choice_loglik(stats)
-        if self.kind == "acc":
-            hits = [max(range(len(s)), key=lambda c: (s[c], -c)) == item.answer for s, item in zip(scores, self.items)]
-            return sum(hits) / len(hits)
+        hits = [max(range(len(s)), key=lambda c: (s[c], -c)) == item.answer for s, item in zip(scores, self.items)]
         losses = [-torch.log_softmax(torch.tensor(s, dtype=torch.float64), 0)[item.answer].item()
                   for s, item in zip(scores, self.items)]
-        return sum(losses) / len(losses)
+        return sum(hits) / len(hits), sum(losses) / len(losses)
+
+    def finish(self, stats):
+        accuracy, loss = self.accuracy_and_loss(stats)
+        return accuracy if self.kind == "acc" else loss
 
     def describe(self) -> dict:
         return {"metric": self.name, "items": len(self.items), "normalize": self.normalize}

@@ -51,7 +51,7 @@ def test_exported_checkpoint_labels_itself(setup, tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--tasks", "tyo"], "did you mean toy"),
     (["--tasks", "BAD"], "row 2: field 'answer'"),
-    (["--tasks", "toy", "--adapter", "adapters/x"], "not supported yet"),
+    (["--tasks", "toy", "--adapter", "adapters/x"], "not an adapter directory"),
     (["--tasks", "toy", "--limit", "0"], "--limit must be a positive"),
     ([], "--tasks is required"),
     (["--tasks", "toy", "--shape", "d4-f1-h1"], "needs a selection strategy"),

@@ -1,0 +1,65 @@
+"""amoeba-search end to end on a tiny random model with a multiple-choice task objective (roofline latency)."""
+import json
+
+import pytest
+
+from amoeba_search.cli import search as search_cli
+from amoeba_search.evaluation.local_tasks import write_task_file
+from amoeba_search.models.fingerprint import model_fingerprint
+from amoeba_search.selection.strategy import SelectionStrategy
+from tests.conftest import tiny_model, tiny_tokenizer
+from tests.finetune.helpers import DEPTH_LAYERS
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    monkeypatch.setenv("AMOEBA_CACHE", str(tmp_path / "cache"))
+    model_dir = tmp_path / "tiny"
+    model = tiny_model()
+    model.save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    strategy = tmp_path / "strategy.json"
+    SelectionStrategy(model_fingerprint(model, "tiny"), {d: list(v) for d, v in DEPTH_LAYERS.items()}).save(strategy)
+    words = "alpha beta gamma delta epsilon zeta eta theta".split()
+    task = write_task_file(tmp_path / "tasks" / "toy_calib.jsonl",
+                           [(f"Q: {w} {i}?\nA:", ["yes", "no", "maybe"][: 2 + i % 2], i % 2) for i, w in enumerate(words)])
+    return model_dir, strategy, task
+
+
+def _args(setup, out, *extra):
+    model_dir, strategy, _ = setup
+    return ["--budget-ms", "1000", "--roofline", "--device", "a5000", "--model", str(model_dir),
+            "--strategy", str(strategy), "--method", "exhaustive", "--out", str(out), *extra]
+
+
+def test_search_on_a_task_objective(setup, tmp_path, capsys):
+    out = tmp_path / "out"
+    task_dir = setup[2].parent
+    assert search_cli.main(_args(setup, out, "--objective", "toy_calib", "--task-dir", str(task_dir),
+                                 "--task-limit", "3", "--json")) == 0
+    summary = json.loads(capsys.readouterr().out)
+    settings = summary["settings"]
+    assert settings["objective"] == "toy_calib" and settings["task_limit"] == 3
+    assert "answer cross-entropy" in settings["objective_label"] and "3 items" in settings["objective_label"]
+    front = summary["front"]
+    assert front and all(0 <= row["verified_accuracy"] <= 1 and row["verified_metric"] > 0 for row in front)
+    predictor = out / "predictor-task-toy_calib-3.json"
+    assert predictor.is_file() and json.loads(predictor.read_text())["oracle_settings"]["metric"] == "task-loss:toy_calib"
+    assert "details" in json.loads((out / "evaluations.json").read_text())
+    # Again, in words, by path: predictor and evaluations are reused; the table names the metric, not ppl.
+    assert search_cli.main(_args(setup, out, "--objective", str(setup[2]), "--task-limit", "3")) == 0
+    text = capsys.readouterr().out
+    assert "(reused)" in text and "0 real evaluations" in text
+    assert "pred metric" in text and "real acc" in text and "ppl" not in text
+
+
+@pytest.mark.parametrize("objective, message", [
+    ("toy_calb", "did you mean toy_calib?"),
+    ("pll", "did you mean ppl"),
+])
+def test_unknown_objective_is_one_line(setup, tmp_path, capsys, objective, message):
+    out = tmp_path / "never"
+    code = search_cli.main(_args(setup, out, "--objective", objective, "--task-dir", str(setup[2].parent)))
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.startswith("amoeba-search: error: unknown objective")
+    assert err.count("\n") == 1 and not out.exists()
