@@ -68,6 +68,7 @@ def parse_args(argv=None):
     p.add_argument("--runs", type=Path, default=ROOT / "out" / "bench-finetune", help="run directories (resumable)")
     p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "finetune.json")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--table", action="store_true", help="only print the markdown table of the results file")
     return p.parse_args(argv)
 
 
@@ -90,8 +91,24 @@ def evaluate(loaded, shapes, blocks) -> dict[str, float]:
     return out
 
 
+def markdown(results: dict) -> str:
+    """The README table: held-out perplexity per shape before and after each variant."""
+    variants = list(results["variants"])
+    lines = ["| shape | before | " + " | ".join(variants) + " |", "|---|---|" + "---|" * len(variants)]
+    for shape, before in results["before"].items():
+        cells = [f"{results['variants'][v]['after'][shape]:.1f} ({results['variants'][v]['ppl_change_pct'][shape]:+.0f}%)"
+                 for v in variants]
+        lines.append(f"| {shape} | {before:.1f} | " + " | ".join(cells) + " |")
+    lines.append("| mean log-ppl | " + f"{results['before_mean_log_ppl']:.3f} | "
+                 + " | ".join(f"{results['variants'][v]['mean_log_ppl']:.3f}" for v in variants) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.table:
+        print(markdown(json.loads(args.results.read_text())))
+        return 0
     torch.manual_seed(args.seed)
     shapes = [SubnetShape.parse(s) for s in args.shapes.split(",")]
     loaded = open_supernet(args.model, args.strategy)
@@ -161,6 +178,7 @@ def main(argv=None) -> int:
         for shape in after:
             log(f"  {name} {shape}: {results['before'][shape]:.2f} -> {after[shape]:.2f} ({change[shape]:+.1f}%)")
         _finish(results, shapes, args.results)
+    print(markdown(results))
     return 0
 
 
