@@ -4,7 +4,8 @@ Three strategies over the same two objective functions (each maps a list of shap
 - ``exhaustive``: every shape of the space; the ground truth for small spaces.
 - ``nsga2``: Optuna's NSGA-II over the whole space, the latency budget as a constraint.
 - ``hierarchical``: depth first (coarse: each depth at its extreme widths), then Optuna over the widths of the
-  most promising depths only.
+  promising depths only (those on the coarse front and the most accurate ones, with their neighbours), then a
+  local refinement: the grid neighbours of every front point, until the front stops changing.
 Studies live in Optuna storage (SQLite by default, any RDB URL for several workers), so a search resumes
 after a crash and several ``amoeba-search --storage URL`` processes can work on one study.
 """
@@ -131,10 +132,39 @@ def search(space: SearchSpace, metric_fn: ObjectiveFn, latency_fn: ObjectiveFn, 
     for p in feasible:
         best_per_depth[p.shape.depth] = min(p.metric, best_per_depth.get(p.shape.depth, np.inf))
     ranked = sorted(best_per_depth, key=best_per_depth.get)[:keep]
-    # A shallower depth may reach the budget only at widths the coarse pass did not try: keep the neighbours.
-    depths = sorted({d for r in ranked for d in space.depths if abs(d - r) <= 1})
+    # Depths on the coarse front cover the fast end; the most accurate ones the slow end. A shallower depth may
+    # reach the budget only at widths the coarse pass did not try: keep the neighbours.
+    promising = set(ranked) | {p.shape.depth for p in feasible_front(coarse, budget_ms)}
+    depths = sorted({d for r in promising for d in space.depths if abs(d - r) <= 1})
     sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True,
                                          n_startup_trials=min(20, max(5, trials // 4)))
     used = _optimize(objectives, space, depths, budget_ms, max(1, trials - len(coarse)), storage=storage,
                      study_name=f"{study_name}-widths-{'-'.join(map(str, depths))}", sampler=sampler)
-    return SearchResult(list(objectives.seen.values()), budget_ms, method, len(coarse) + used)
+    refined = _refine_front(objectives, space, budget_ms)
+    return SearchResult(list(objectives.seen.values()), budget_ms, method, len(coarse) + used + refined)
+
+
+def _neighbours(shape: SubnetShape, space: SearchSpace) -> list[SubnetShape]:
+    """Shapes one step away in one of depth, FFN ratio or heads ratio."""
+    out = []
+    for axis, choices in enumerate((space.depths, space.ffn_ratios, space.heads_ratios)):
+        values = [shape.depth, shape.ffn_ratio, shape.heads_ratio]
+        i = choices.index(values[axis])
+        for j in (i - 1, i + 1):
+            if 0 <= j < len(choices):
+                values[axis] = choices[j]
+                out.append(SubnetShape(*values))
+    return out
+
+
+def _refine_front(objectives: _Objectives, space: SearchSpace, budget_ms: float, max_rounds: int = 10) -> int:
+    """Evaluate the unseen grid neighbours of the feasible front until it stops changing; return how many."""
+    evaluated = 0
+    for _ in range(max_rounds):
+        front = feasible_front(list(objectives.seen.values()), budget_ms)
+        fresh = list(dict.fromkeys(n for p in front for n in _neighbours(p.shape, space) if n not in objectives.seen))
+        if not fresh:
+            break
+        objectives(fresh)
+        evaluated += len(fresh)
+    return evaluated
