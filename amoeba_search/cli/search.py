@@ -100,6 +100,8 @@ def main(argv=None) -> int:
         table = None if args.roofline else LatencyTable.load(table_path)
         if args.export_best is not None and args.export_best.exists():
             raise FileExistsError(f"{args.export_best} already exists; choose another --export-best")
+        if args.storage:
+            _check_storage(args.storage)
 
         loaded = open_supernet(args.model, strategy, adapter=args.adapter)
         config = loaded.supernet.base_config
@@ -180,6 +182,18 @@ def _note_heldout_task(objective: str) -> None:
     if objective.startswith(TASK_PREFIX) and not is_task_path(objective) and not objective.endswith(CALIB_SUFFIX):
         print(f"{PROG}: note: {objective} is a held-out evaluation task; search on {objective}{CALIB_SUFFIX} "
               f"and keep {objective} for reporting", file=sys.stderr)
+
+
+def _check_storage(url: str) -> None:
+    """Open the Optuna storage once, before any work, so a bad URL is one clear line, not a traceback."""
+    import optuna
+
+    try:
+        optuna.storages.RDBStorage(url)
+    except Exception as err:  # sqlalchemy / driver errors differ by database; all mean the same to a user
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"cannot open the Optuna storage {url!r}: {first[:200]}; check the URL, the database "
+                         "driver and that the server is reachable") from None
 
 
 def _print_front(job, args, paths, summary) -> None:

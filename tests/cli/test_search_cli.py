@@ -63,3 +63,42 @@ def test_unknown_objective_is_one_line(setup, tmp_path, capsys, objective, messa
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.startswith("amoeba-search: error: unknown objective")
     assert err.count("\n") == 1 and not out.exists()
+
+
+def _write_table(path, fingerprint, flow="torch"):
+    """A tiny measured-looking table: 2 depths x 2 widths, latency growing with depth and width."""
+    from amoeba_search.profiling.lut import append_row
+    from tests.profiling.test_lut import synthetic_rows
+
+    for row in synthetic_rows():
+        append_row(path, {**row, "model_fingerprint": fingerprint, "flow": flow})
+    return path
+
+
+@pytest.mark.parametrize("case, message", [
+    ("budget", "no shape meets 1e-06 ms: the fastest"),
+    ("table", "was measured for other|llama-L30"),
+    ("strategy", "was computed for"),
+    ("storage", "cannot open the Optuna storage"),
+])
+def test_search_bad_input_is_one_line(setup, tmp_path, capsys, case, message):
+    model_dir, strategy, _ = setup
+    args = _args(setup, tmp_path / "out", "--method", "exhaustive")
+    if case == "budget":
+        args[args.index("--budget-ms") + 1] = "1e-6"
+    elif case == "table":
+        table = _write_table(tmp_path / "t.csv", "other|llama-L30-h576-f1536-a9-kv3-d64-v49152-tied")
+        args.remove("--roofline")
+        args += ["--table", str(table)]
+    elif case == "strategy":
+        from amoeba_search.models.fingerprint import model_fingerprint
+        other = tmp_path / "other-strategy.json"
+        SelectionStrategy(model_fingerprint(tiny_model(seed=5), "tiny"),
+                          {d: list(v) for d, v in DEPTH_LAYERS.items()}).save(other)
+        args[args.index("--strategy") + 1] = str(other)
+    else:
+        args += ["--storage", "postgresql+psycopg2://nobody@127.0.0.1:9/none"]
+    code = search_cli.main(args)
+    err = capsys.readouterr().err
+    assert code == 2 and message in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
