@@ -163,9 +163,9 @@ def main(argv=None) -> int:
                                                    f"budget {args.budget_ms:g} ms")
         summary = job.to_dict()
         summary["outputs"] = {k: str(v) for k, v in paths.items()}
-        best = job.result.best()
+        best = job.best_shape()
         if args.export_best is not None and best is not None:
-            loaded.export(best.shape, args.export_best, provenance={"search": settings})
+            loaded.export(best, args.export_best, provenance={"search": settings})
             summary["exported"] = str(args.export_best)
         if args.json:
             emit_json(summary)

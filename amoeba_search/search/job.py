@@ -94,12 +94,29 @@ class JobResult:
             })
         return rows
 
-    def to_dict(self) -> dict:
+    def best_shape(self) -> SubnetShape | None:
+        """The most accurate front shape within the budget, judged on verified numbers where there are some
+        (a shape measured over the budget is passed over) and on predicted ones otherwise; if verification
+        puts every shape over the budget, the predicted best."""
+        budget, candidates = self.result.budget_ms, []
+        for row in self.front_records():
+            metric = row["verified_metric"] if row["verified_metric"] is not None else row["predicted_metric"]
+            latency = row["verified_latency_ms"] if row["verified_latency_ms"] is not None else row["predicted_latency_ms"]
+            if latency <= budget:
+                candidates.append((metric, latency, row["shape"]))
+        if candidates:
+            return SubnetShape.parse(min(candidates)[2])
         best = self.result.best()
+        return None if best is None else best.shape
+
+    def to_dict(self) -> dict:
+        best = self.best_shape()
         return {"settings": self.settings, "budget_ms": self.result.budget_ms, "method": self.result.method,
                 "trials": self.result.trials, "shapes_seen": len(self.result.points),
                 "real_metric_evaluations": self.real_evaluations, "predictor": self.predictor.to_dict(),
-                "best": None if best is None else str(best.shape), "front": self.front_records(),
+                "best": None if best is None else str(best),
+                "best_rule": "most accurate within the budget, on verified numbers where measured",
+                "front": self.front_records(),
                 "seconds": self.seconds}
 
 
