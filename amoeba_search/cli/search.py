@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="selection strategy JSON (default for the default model: profiles/smollm2-135m/strategy.json)")
     parser.add_argument("--adapter", type=Path,
                         help="fine-tuned SMoL adapter (amoeba-finetune --out): subnets are evaluated and exported with it")
+    parser.add_argument("--memory-budget-mb", type=float,
+                        help="also require weights + KV cache (at the table's dtype, batch and context length) to "
+                             "fit in this many MB: a second constraint")
     parser.add_argument("--metric", choices=["decode", "prefill", "e2e"], default="decode",
                         help="latency to budget: per decoded token, prompt prefill, or prefill + all decode steps")
     parser.add_argument("--objective", default="ppl", metavar="ppl|TASK",
@@ -158,7 +161,8 @@ def main(argv=None) -> int:
                       predictor_path=predictor_path, method=args.method, trials=args.trials, storage=storage,
                       study_name=f"amoeba-{args.method}-{args.budget_ms:g}ms-{tag}", seed=args.seed,
                       verify=not args.no_verify, measure_latency=measure,
-                      layers_for=loaded.layers_for, settings=settings, progress=_progress(not args.json))
+                      layers_for=loaded.layers_for, settings=settings, progress=_progress(not args.json),
+                      **_memory_budget(args, table, config, dtype, settings))
         paths = write_outputs(job, args.out, title=f"{args.model}: {flow} on {device}, "
                                                    f"budget {args.budget_ms:g} ms")
         summary = job.to_dict()
@@ -182,6 +186,23 @@ def _note_heldout_task(objective: str) -> None:
     if objective.startswith(TASK_PREFIX) and not is_task_path(objective) and not objective.endswith(CALIB_SUFFIX):
         print(f"{PROG}: note: {objective} is a held-out evaluation task; search on {objective}{CALIB_SUFFIX} "
               f"and keep {objective} for reporting", file=sys.stderr)
+
+
+def _memory_budget(args, table, config, dtype: str, settings: dict) -> dict:
+    """run_job's memory arguments for --memory-budget-mb: weights + KV cache at the table's settings."""
+    if args.memory_budget_mb is None:
+        return {}
+    if args.memory_budget_mb <= 0:
+        raise ValueError(f"--memory-budget-mb must be positive, got {args.memory_budget_mb:g}")
+    from amoeba_search.profiling.roofline import memory_footprint_bytes
+
+    keys = table.settings if hasattr(table, "settings") else table.key
+    context, batch = int(keys["context_len"]), int(keys["batch"])
+    settings["memory_budget_mb"] = args.memory_budget_mb
+    settings["memory_source"] = (f"weights + KV cache computed from the config ({dtype}, batch {batch}, "
+                                 f"context {context} tokens; runtime overheads excluded)")
+    return {"memory_budget_mb": args.memory_budget_mb,
+            "memory_fn": lambda s: memory_footprint_bytes(config, s, dtype=dtype, context=context, batch=batch) / 2**20}
 
 
 def _check_storage(url: str) -> None:

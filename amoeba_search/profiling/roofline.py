@@ -65,6 +65,14 @@ def kv_bytes(config, shape: SubnetShape | None, context: int, dtype: str) -> flo
     return 2 * d.num_layers * d.num_kv_heads * d.head_dim * context * _bytes_per(dtype)
 
 
+def memory_footprint_bytes(config, shape: SubnetShape | None = None, *, dtype: str = "fp32", context: int = 160,
+                           batch: int = 1) -> float:
+    """Weights of the cut model plus its KV cache for ``batch`` sequences of ``context`` tokens (activations,
+    runtime and allocator overheads excluded): what a subnet needs resident to serve."""
+    weights = param_counts(config, shape)["total"] * _bytes_per(dtype)
+    return weights + batch * kv_bytes(config, shape, context, dtype)
+
+
 def roofline_estimate(spec: DeviceSpec, config, shape: SubnetShape | None = None, *, dtype: str = "fp32",
                       batch: int = 1, prompt_len: int = 128, context_len: int = 160) -> dict:
     """Lower-bound prefill and decode latency (ms) of ``shape`` on ``spec``, labelled as an estimate."""

@@ -90,6 +90,7 @@ class JobResult:
                 "verified_metric": v.get("metric"), "verified_metric_source": v.get("metric_source"),
                 "predicted_latency_ms": p.latency_ms, "latency_source": self.settings.get("latency_source"),
                 "verified_latency_ms": v.get("latency_ms"), "verified_latency_source": v.get("latency_source"),
+                **({} if p.memory_mb is None else {"memory_mb": p.memory_mb}),
                 **{f"verified_{k}": x for k, x in v.get("details", {}).items()},  # e.g. verified_accuracy
             })
         return rows
@@ -98,8 +99,10 @@ class JobResult:
         """The most accurate front shape within the budget, judged on verified numbers where there are some
         (a shape measured over the budget is passed over) and on predicted ones otherwise; if verification
         puts every shape over the budget, the predicted best."""
-        budget, candidates = self.result.budget_ms, []
+        budget, memory_budget, candidates = self.result.budget_ms, self.result.memory_budget_mb, []
         for row in self.front_records():
+            if memory_budget is not None and row.get("memory_mb", 0.0) > memory_budget:
+                continue
             metric = row["verified_metric"] if row["verified_metric"] is not None else row["predicted_metric"]
             latency = row["verified_latency_ms"] if row["verified_latency_ms"] is not None else row["predicted_latency_ms"]
             if latency <= budget:
@@ -111,7 +114,8 @@ class JobResult:
 
     def to_dict(self) -> dict:
         best = self.best_shape()
-        return {"settings": self.settings, "budget_ms": self.result.budget_ms, "method": self.result.method,
+        return {"settings": self.settings, "budget_ms": self.result.budget_ms,
+                "memory_budget_mb": self.result.memory_budget_mb, "method": self.result.method,
                 "trials": self.result.trials, "shapes_seen": len(self.result.points),
                 "real_metric_evaluations": self.real_evaluations, "predictor": self.predictor.to_dict(),
                 "best": None if best is None else str(best),
@@ -125,14 +129,24 @@ def run_job(space: SearchSpace, oracle: MetricOracle, latency_fn: Callable[[Subn
             storage: str | None = None, study_name: str = "amoeba-search", seed: int = 0,
             verify: bool = True, measure_latency: Callable[[SubnetShape], float] | None = None,
             layers_for: Callable[[SubnetShape], list[int] | None] | None = None,
-            settings: dict | None = None, progress: Progress | None = None) -> JobResult:
-    """Fit (or reuse) the accuracy predictor, search under ``budget_ms``, verify the front for real."""
+            settings: dict | None = None, progress: Progress | None = None,
+            memory_fn: Callable[[SubnetShape], float] | None = None, memory_budget_mb: float | None = None) -> JobResult:
+    """Fit (or reuse) the accuracy predictor, search under ``budget_ms`` (and ``memory_budget_mb`` of
+    ``memory_fn``, when given), verify the front for real."""
     seconds: dict[str, float] = {}
     latencies = {s: float(latency_fn(s)) for s in space}
     fastest = min(latencies, key=latencies.get)
     if latencies[fastest] > budget_ms:
         raise BudgetError(f"no shape meets {budget_ms:g} ms: the fastest, {fastest}, is predicted at "
                           f"{latencies[fastest]:.1f} ms; raise --budget-ms or use a faster flow")
+    memory = {s: float(memory_fn(s)) for s in space} if memory_fn is not None else None
+    if memory is not None:
+        smallest = min(memory, key=memory.get)
+        if memory[smallest] > memory_budget_mb:
+            raise BudgetError(f"no shape fits {memory_budget_mb:g} MB: the smallest, {smallest}, needs "
+                              f"{memory[smallest]:.0f} MB; raise --memory-budget-mb")
+        if not any(latencies[s] <= budget_ms and memory[s] <= memory_budget_mb for s in space):
+            raise BudgetError(f"no shape meets both {budget_ms:g} ms and {memory_budget_mb:g} MB; raise a budget")
     start = time.perf_counter()
     before = oracle.evaluations
     predictor, report = fit_or_load_predictor(space, oracle, predictor_path, seed=seed, progress=progress)
@@ -141,7 +155,8 @@ def run_job(space: SearchSpace, oracle: MetricOracle, latency_fn: Callable[[Subn
     start = time.perf_counter()
     result = search(space, predictor.predict, lambda shapes: np.array([latencies[s] for s in shapes]),
                     budget_ms=budget_ms, method=method, trials=trials, storage=storage,
-                    study_name=study_name, seed=seed)
+                    study_name=study_name, seed=seed, memory_budget_mb=memory_budget_mb,
+                    memory_fn=None if memory is None else (lambda shapes: np.array([memory[s] for s in shapes])))
     seconds["search"] = time.perf_counter() - start
 
     start = time.perf_counter()

@@ -29,9 +29,11 @@ class Point:
     shape: SubnetShape
     metric: float
     latency_ms: float
+    memory_mb: float | None = None  # when a memory budget applies
 
     def to_dict(self) -> dict:
-        return {"shape": str(self.shape), **self.shape.to_dict(), "metric": self.metric, "latency_ms": self.latency_ms}
+        return {"shape": str(self.shape), **self.shape.to_dict(), "metric": self.metric, "latency_ms": self.latency_ms,
+                **({} if self.memory_mb is None else {"memory_mb": self.memory_mb})}
 
 
 @dataclass
@@ -41,18 +43,20 @@ class SearchResult:
     method: str
     trials: int
     front: list[Point] = field(default_factory=list)  # feasible Pareto front, by latency
+    memory_budget_mb: float | None = None
 
     def __post_init__(self):
         if not self.front:
-            self.front = feasible_front(self.points, self.budget_ms)
+            self.front = feasible_front(self.points, self.budget_ms, self.memory_budget_mb)
 
     def best(self) -> Point | None:
         """The most accurate feasible shape (ties broken by latency)."""
         return min(self.front, key=lambda p: (p.metric, p.latency_ms), default=None)
 
 
-def feasible_front(points: Sequence[Point], budget_ms: float) -> list[Point]:
-    feasible = [p for p in points if p.latency_ms <= budget_ms]
+def feasible_front(points: Sequence[Point], budget_ms: float, memory_budget_mb: float | None = None) -> list[Point]:
+    feasible = [p for p in points if p.latency_ms <= budget_ms
+                and (memory_budget_mb is None or p.memory_mb is None or p.memory_mb <= memory_budget_mb)]
     if not feasible:
         return []
     idx = pareto_front([[p.latency_ms, p.metric] for p in feasible])
@@ -62,15 +66,16 @@ def feasible_front(points: Sequence[Point], budget_ms: float) -> list[Point]:
 class _Objectives:
     """Evaluate shapes once each, however often a sampler proposes them."""
 
-    def __init__(self, metric_fn: ObjectiveFn, latency_fn: ObjectiveFn):
-        self.metric_fn, self.latency_fn = metric_fn, latency_fn
+    def __init__(self, metric_fn: ObjectiveFn, latency_fn: ObjectiveFn, memory_fn: ObjectiveFn | None = None):
+        self.metric_fn, self.latency_fn, self.memory_fn = metric_fn, latency_fn, memory_fn
         self.seen: dict[SubnetShape, Point] = {}
 
     def __call__(self, shapes: Sequence[SubnetShape]) -> list[Point]:
         new = [s for s in dict.fromkeys(shapes) if s not in self.seen]
         if new:
-            for s, m, l in zip(new, self.metric_fn(new), self.latency_fn(new)):
-                self.seen[s] = Point(s, float(m), float(l))
+            memory = self.memory_fn(new) if self.memory_fn is not None else [None] * len(new)
+            for s, m, l, mem in zip(new, self.metric_fn(new), self.latency_fn(new), memory):
+                self.seen[s] = Point(s, float(m), float(l), None if mem is None else float(mem))
         return [self.seen[s] for s in shapes]
 
 
@@ -81,18 +86,24 @@ def _trial_shape(trial: optuna.Trial, depths, space: SearchSpace) -> SubnetShape
 
 
 def _optimize(objectives: _Objectives, space: SearchSpace, depths, budget_ms: float, trials: int, *,
-              storage, study_name: str, sampler: optuna.samplers.BaseSampler) -> int:
+              storage, study_name: str, sampler: optuna.samplers.BaseSampler,
+              memory_budget_mb: float | None = None) -> int:
     """Run up to ``trials`` trials in the named study (resuming it); return how many it holds."""
     study = optuna.create_study(study_name=study_name, storage=storage, directions=["minimize", "minimize"],
                                 sampler=sampler, load_if_exists=True)
     for frozen in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
         shape = SubnetShape(frozen.params["depth"], frozen.params["ffn_ratio"], frozen.params["heads_ratio"])
-        objectives.seen.setdefault(shape, Point(shape, frozen.values[0], frozen.values[1]))
+        memory = frozen.user_attrs.get("memory_mb")
+        objectives.seen.setdefault(shape, Point(shape, frozen.values[0], frozen.values[1], memory))
 
     def objective(trial: optuna.Trial):
         point = objectives([_trial_shape(trial, depths, space)])[0]
         trial.set_constraint("latency_budget", point.latency_ms - budget_ms)  # feasible when <= 0
+        if memory_budget_mb is not None and point.memory_mb is not None:
+            trial.set_constraint("memory_budget", point.memory_mb - memory_budget_mb)
         trial.set_user_attr("shape", str(point.shape))
+        if point.memory_mb is not None:
+            trial.set_user_attr("memory_mb", point.memory_mb)
         return point.metric, point.latency_ms
 
     done = len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
@@ -103,30 +114,36 @@ def _optimize(objectives: _Objectives, space: SearchSpace, depths, budget_ms: fl
 
 def search(space: SearchSpace, metric_fn: ObjectiveFn, latency_fn: ObjectiveFn, *, budget_ms: float,
            method: str = "hierarchical", trials: int = 120, storage: str | None = None,
-           study_name: str = "amoeba-search", seed: int = 0, top_depths: int | None = None) -> SearchResult:
-    """Search ``space`` for the feasible Pareto front of (metric, latency) within ``budget_ms``."""
+           study_name: str = "amoeba-search", seed: int = 0, top_depths: int | None = None,
+           memory_fn: ObjectiveFn | None = None, memory_budget_mb: float | None = None) -> SearchResult:
+    """Search ``space`` for the feasible Pareto front of (metric, latency) within ``budget_ms`` (and, with
+    ``memory_fn``, within ``memory_budget_mb`` of memory: a second constraint)."""
     if method not in METHODS:
         raise ValueError(f"unknown search method {method!r}; choose one of {', '.join(METHODS)}")
     if not budget_ms > 0:
         raise ValueError(f"the latency budget must be positive, got {budget_ms}")
-    objectives = _Objectives(metric_fn, latency_fn)
+    if (memory_fn is None) != (memory_budget_mb is None):
+        raise ValueError("a memory budget needs a memory function and the other way round")
+    objectives = _Objectives(metric_fn, latency_fn, memory_fn)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    mem = memory_budget_mb
     if method == "exhaustive":
         points = objectives(list(space))
-        return SearchResult(points, budget_ms, method, len(points))
+        return SearchResult(points, budget_ms, method, len(points), memory_budget_mb=mem)
     if method == "nsga2":
         sampler = optuna.samplers.NSGAIISampler(seed=seed,
                                                 population_size=max(8, min(50, trials // 6)))
         used = _optimize(objectives, space, space.depths, budget_ms, trials, storage=storage,
-                         study_name=study_name, sampler=sampler)
-        return SearchResult(list(objectives.seen.values()), budget_ms, method, used)
+                         study_name=study_name, sampler=sampler, memory_budget_mb=mem)
+        return SearchResult(list(objectives.seen.values()), budget_ms, method, used, memory_budget_mb=mem)
     # Hierarchical. Coarse: every depth at its narrowest and widest, which bounds what the depth can reach.
     extremes = [SubnetShape(d, f, h) for d in space.depths
                 for f, h in ((space.ffn_ratios[0], space.heads_ratios[0]), (space.ffn_ratios[-1], space.heads_ratios[-1]))]
     coarse = objectives(extremes)
+    # Any point under the latency budget counts here: a narrower width may still fit the memory budget.
     feasible = [p for p in coarse if p.latency_ms <= budget_ms]
     if not feasible:
-        return SearchResult(list(objectives.seen.values()), budget_ms, method, len(coarse))
+        return SearchResult(list(objectives.seen.values()), budget_ms, method, len(coarse), memory_budget_mb=mem)
     keep = top_depths or max(3, len(space.depths) // 3)
     best_per_depth: dict[int, float] = {}
     for p in feasible:
@@ -134,14 +151,16 @@ def search(space: SearchSpace, metric_fn: ObjectiveFn, latency_fn: ObjectiveFn, 
     ranked = sorted(best_per_depth, key=best_per_depth.get)[:keep]
     # Depths on the coarse front cover the fast end; the most accurate ones the slow end. A shallower depth may
     # reach the budget only at widths the coarse pass did not try: keep the neighbours.
-    promising = set(ranked) | {p.shape.depth for p in feasible_front(coarse, budget_ms)}
+    promising = set(ranked) | {p.shape.depth for p in feasible_front(coarse, budget_ms, mem)}
     depths = sorted({d for r in promising for d in space.depths if abs(d - r) <= 1})
     sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True,
                                          n_startup_trials=min(20, max(5, trials // 4)))
     used = _optimize(objectives, space, depths, budget_ms, max(1, trials - len(coarse)), storage=storage,
-                     study_name=f"{study_name}-widths-{'-'.join(map(str, depths))}", sampler=sampler)
-    refined = _refine_front(objectives, space, budget_ms)
-    return SearchResult(list(objectives.seen.values()), budget_ms, method, len(coarse) + used + refined)
+                     study_name=f"{study_name}-widths-{'-'.join(map(str, depths))}", sampler=sampler,
+                     memory_budget_mb=mem)
+    refined = _refine_front(objectives, space, budget_ms, mem)
+    return SearchResult(list(objectives.seen.values()), budget_ms, method, len(coarse) + used + refined,
+                        memory_budget_mb=mem)
 
 
 def _neighbours(shape: SubnetShape, space: SearchSpace) -> list[SubnetShape]:
@@ -157,11 +176,12 @@ def _neighbours(shape: SubnetShape, space: SearchSpace) -> list[SubnetShape]:
     return out
 
 
-def _refine_front(objectives: _Objectives, space: SearchSpace, budget_ms: float, max_rounds: int = 10) -> int:
+def _refine_front(objectives: _Objectives, space: SearchSpace, budget_ms: float,
+                  memory_budget_mb: float | None = None, max_rounds: int = 10) -> int:
     """Evaluate the unseen grid neighbours of the feasible front until it stops changing; return how many."""
     evaluated = 0
     for _ in range(max_rounds):
-        front = feasible_front(list(objectives.seen.values()), budget_ms)
+        front = feasible_front(list(objectives.seen.values()), budget_ms, memory_budget_mb)
         fresh = list(dict.fromkeys(n for p in front for n in _neighbours(p.shape, space) if n not in objectives.seen))
         if not fresh:
             break

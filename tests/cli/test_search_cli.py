@@ -80,6 +80,7 @@ def _write_table(path, fingerprint, flow="torch"):
     ("table", "was measured for other|llama-L30"),
     ("strategy", "was computed for"),
     ("storage", "cannot open the Optuna storage"),
+    ("memory", "no shape fits 0.01 MB: the smallest, d3-f0.5-h0.333"),
 ])
 def test_search_bad_input_is_one_line(setup, tmp_path, capsys, case, message):
     model_dir, strategy, _ = setup
@@ -96,9 +97,31 @@ def test_search_bad_input_is_one_line(setup, tmp_path, capsys, case, message):
         SelectionStrategy(model_fingerprint(tiny_model(seed=5), "tiny"),
                           {d: list(v) for d, v in DEPTH_LAYERS.items()}).save(other)
         args[args.index("--strategy") + 1] = str(other)
+    elif case == "memory":
+        args += ["--memory-budget-mb", "0.01"]
     else:
         args += ["--storage", "postgresql+psycopg2://nobody@127.0.0.1:9/none"]
     code = search_cli.main(args)
     err = capsys.readouterr().err
     assert code == 2 and message in err, err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_memory_budget_keeps_the_front_within_it(setup, tmp_path, capsys):
+    args = _args(setup, tmp_path / "out", "--json")
+    assert search_cli.main(args) == 0
+    free = json.loads(capsys.readouterr().out)
+    sizes = sorted(r["memory_mb"] for r in free["front"]) if "memory_mb" in free["front"][0] else None
+    assert sizes is None  # no memory column without a memory budget
+    from amoeba_search.profiling.roofline import memory_footprint_bytes
+    from transformers import AutoConfig
+    from amoeba_search.shapes import SubnetShape
+    config = AutoConfig.from_pretrained(setup[0])
+    need = {r["shape"]: memory_footprint_bytes(config, SubnetShape.parse(r["shape"]), dtype="fp32") / 2**20
+            for r in free["front"]}
+    budget = sorted(need.values())[len(need) // 2]  # half the unconstrained front no longer fits
+    assert search_cli.main(_args(setup, tmp_path / "out2", "--json", "--memory-budget-mb", str(budget))) == 0
+    bound = json.loads(capsys.readouterr().out)
+    assert bound["memory_budget_mb"] == budget and "weights + KV cache" in bound["settings"]["memory_source"]
+    assert bound["front"] and all(r["memory_mb"] <= budget for r in bound["front"])
+    assert need[bound["best"]] <= budget < max(need.values())

@@ -36,6 +36,25 @@ def test_search_finds_the_exhaustive_front(method, trials, target):
     assert _hv(found, ref) / _hv(truth, ref) >= target
 
 
+def memory(shapes):  # MB: heads cost memory (KV cache) but little latency in this toy, so the two differ
+    return np.array([50 + s.depth * (4 + 6 * s.ffn_ratio + 12 * s.heads_ratio) for s in shapes])
+
+
+@pytest.mark.parametrize("method, trials", [("hierarchical", 100), ("nsga2", 250)])
+def test_memory_budget_is_a_second_constraint(method, trials):
+    budget, memory_budget = 35.0, 400.0
+    kwargs = dict(budget_ms=budget, memory_fn=memory, memory_budget_mb=memory_budget)
+    truth = search(SPACE, metric, latency, method="exhaustive", **kwargs)
+    unconstrained = search(SPACE, metric, latency, budget_ms=budget, method="exhaustive")
+    assert any(m > memory_budget for m in memory([p.shape for p in unconstrained.front]))  # it binds
+    found = search(SPACE, metric, latency, method=method, trials=trials, seed=0, **kwargs)
+    assert found.front and all(p.latency_ms <= budget and p.memory_mb <= memory_budget for p in found.front)
+    ref = [budget, max(metric(list(SPACE)))]
+    assert _hv(found, ref) / _hv(truth, ref) >= (0.99 if method == "hierarchical" else 0.9)
+    with pytest.raises(ValueError, match="memory budget needs a memory function"):
+        search(SPACE, metric, latency, budget_ms=budget, memory_budget_mb=100.0)
+
+
 def test_budget_no_shape_meets():
     result = search(SPACE, metric, latency, budget_ms=1.0, method="hierarchical", trials=10)
     assert result.front == [] and result.best() is None
