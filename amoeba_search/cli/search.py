@@ -23,8 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: amoeba-search --budget-ms 40 --device cpu --flow torch --export-best out/best")
     parser.add_argument("--budget-ms", type=float, required=True, help="latency budget in milliseconds (per token for decode)")
     where = parser.add_argument_group("latency table (one of)")
-    where.add_argument("--device", default="cpu", help="device whose table to use (default: %(default)s)")
-    where.add_argument("--flow", default="torch", help="deployment flow whose table to use (default: %(default)s)")
+    where.add_argument("--device", help="device whose table to use (default: cpu); with --table, checked against it")
+    where.add_argument("--flow", help="deployment flow whose table to use (default: torch); with --table, checked")
     where.add_argument("--table", type=Path, help="a lookup table CSV (instead of profiles/DEVICE/FLOW.csv)")
     where.add_argument("--roofline", action="store_true",
                        help="no table for this device: use a roofline estimate from its spec sheet (labelled as "
@@ -99,8 +99,16 @@ def main(argv=None) -> int:
         _note_heldout_task(args.objective)
         default_model = args.model == "smollm2-135m"
         strategy = args.strategy or (PROFILES / "smollm2-135m" / "strategy.json" if default_model else None)
+        if args.table is None:
+            args.device, args.flow = args.device or "cpu", args.flow or "torch"
         table_path = args.table or PROFILES / args.device / f"{args.flow}.csv"
         table = None if args.roofline else LatencyTable.load(table_path)
+        if table is not None:
+            for name, wanted in (("flow", args.flow), ("device", args.device)):
+                if wanted is not None and getattr(table, name) != wanted:
+                    raise ValueError(f"{table_path} is a table for {name} {getattr(table, name)!r}, not {wanted!r}; "
+                                     f"pass the table measured for it (amoeba-profile --device D --flow F)")
+        args.device = args.device or "cpu"
         if args.export_best is not None and args.export_best.exists():
             raise FileExistsError(f"{args.export_best} already exists; choose another --export-best")
         if args.storage:

@@ -81,6 +81,7 @@ def _write_table(path, fingerprint, flow="torch"):
     ("strategy", "was computed for"),
     ("storage", "cannot open the Optuna storage"),
     ("memory", "no shape fits 0.01 MB: the smallest, d3-f0.5-h0.333"),
+    ("flow", "is a table for flow 'torch', not 'ort'"),
 ])
 def test_search_bad_input_is_one_line(setup, tmp_path, capsys, case, message):
     model_dir, strategy, _ = setup
@@ -90,6 +91,7 @@ def test_search_bad_input_is_one_line(setup, tmp_path, capsys, case, message):
     elif case == "table":
         table = _write_table(tmp_path / "t.csv", "other|llama-L30-h576-f1536-a9-kv3-d64-v49152-tied")
         args.remove("--roofline")
+        del args[args.index("--device"):args.index("--device") + 2]
         args += ["--table", str(table)]
     elif case == "strategy":
         from amoeba_search.models.fingerprint import model_fingerprint
@@ -97,6 +99,13 @@ def test_search_bad_input_is_one_line(setup, tmp_path, capsys, case, message):
         SelectionStrategy(model_fingerprint(tiny_model(seed=5), "tiny"),
                           {d: list(v) for d, v in DEPTH_LAYERS.items()}).save(other)
         args[args.index("--strategy") + 1] = str(other)
+    elif case == "flow":
+        from amoeba_search.profiling.model_source import model_fingerprint
+        from transformers import AutoConfig
+        table = _write_table(tmp_path / "t.csv", model_fingerprint(str(model_dir), AutoConfig.from_pretrained(model_dir)))
+        args.remove("--roofline")
+        del args[args.index("--device"):args.index("--device") + 2]
+        args += ["--table", str(table), "--flow", "ort"]
     elif case == "memory":
         args += ["--memory-budget-mb", "0.01"]
     else:
