@@ -12,45 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from amoeba_search.profiling.flows._common import peak_growth, reset_peak_rss, rss_bytes
 from amoeba_search.profiling.flows.base import FlowUnavailable, Measurement, MeasureSettings
 
 _DTYPES = ("fp32", "bf16", "fp16")
-
-
-def _rss_bytes() -> int | None:
-    try:
-        with open("/proc/self/statm") as handle:
-            import os
-
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        try:
-            import psutil
-
-            return psutil.Process().memory_info().rss
-        except Exception:
-            return None
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark (VmHWM) of this process; False where not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss_bytes() -> int | None:
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 @dataclass
@@ -128,7 +93,7 @@ class TorchFlow:
         if settings.threads:
             torch.set_num_threads(settings.threads)
         gc.collect()
-        rss_before = _rss_bytes()
+        rss_before = rss_bytes()
         torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[settings.dtype]
         model = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch_dtype,
                                                      attn_implementation=self.attn_implementation)
@@ -183,7 +148,7 @@ class TorchFlow:
         decode_tokens = max(0, settings.decode_tokens)
         if handle.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        peak_reset = handle.device == "cpu" and _reset_peak_rss()
+        peak_reset = handle.device == "cpu" and reset_peak_rss()
         prefill_windows, decode_windows = [], []
         with torch.inference_mode():
             for _ in range(self.warmup):
@@ -209,9 +174,7 @@ class TorchFlow:
             peak = torch.cuda.max_memory_allocated()
             extra["memory_kind"] = "cuda-max-allocated"
         else:
-            peak_rss = _peak_rss_bytes() if peak_reset else _rss_bytes()
-            base = handle.rss_before_load
-            peak = max(0, peak_rss - base) if peak_rss is not None and base is not None else None
+            peak = peak_growth(handle.rss_before_load, peak_reset)
             extra["memory_kind"] = "rss-peak-growth" if peak_reset else "rss-growth"
         return Measurement(prefill_ms=prefill_ms, decode_ms_per_token=decode_ms, peak_memory_bytes=peak, extra=extra)
 
