@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any, Iterator
 
 from amoeba_search.data.document import Document, text_id
 
@@ -32,20 +33,26 @@ def read_path(path: Path) -> list[Document]:
     raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use .txt, .jsonl or a directory of .txt files")
 
 
-def _read_jsonl(path: Path) -> list[Document]:
-    docs = []
-    with path.open(encoding="utf-8") as handle:
+def jsonl_records(path) -> Iterator[tuple[int, Any]]:
+    """``(line number, parsed value)`` for every non-empty line of a JSONL file; a bad line is a one-line
+    ``ValueError`` naming the file and line."""
+    with open(path, encoding="utf-8") as handle:
         for lineno, line in enumerate(handle, 1):
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                yield lineno, json.loads(line)
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise ValueError(f"{path}:{lineno}: expected an object with a string 'text' field")
-            text = record["text"]
-            docs.append(Document(str(record["id"]) if "id" in record else text_id(text), text))
+
+
+def _read_jsonl(path: Path) -> list[Document]:
+    docs = []
+    for lineno, record in jsonl_records(path):
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise ValueError(f"{path}:{lineno}: expected an object with a string 'text' field")
+        text = record["text"]
+        docs.append(Document(str(record["id"]) if "id" in record else text_id(text), text))
     return docs
 
 

@@ -1,7 +1,6 @@
 """Training examples: plain text as language modelling, or Alpaca-style instructions scored on the response."""
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -9,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from amoeba_search.data.files import jsonl_records
 from amoeba_search.finetune.losses import IGNORE
 
 PROMPT = ("Below is an instruction that describes a task{with_input}. Write a response that appropriately "
@@ -41,14 +41,11 @@ def is_instruction_file(source) -> bool:
     """A ``.jsonl`` whose first record has ``instruction`` and ``output`` fields."""
     if not isinstance(source, (str, os.PathLike)) or not str(source).endswith(".jsonl") or not Path(source).is_file():
         return False
-    with open(source, encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    return False
-                return isinstance(record, dict) and "instruction" in record and "output" in record
+    try:
+        for _, record in jsonl_records(source):
+            return isinstance(record, dict) and "instruction" in record and "output" in record
+    except ValueError:  # not JSON: let the text reader report it
+        return False
     return False
 
 
@@ -66,33 +63,26 @@ def instruction_data(path, tokenizer, *, seq_len: int, max_examples: int | None 
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     rows_ids, rows_labels, truncated = [], [], 0
-    with open(path, encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("instruction"), str) \
-                    or not isinstance(record.get("output"), str):
-                raise ValueError(f"{path}:{lineno}: expected an object with string 'instruction' and 'output' fields")
-            extra = record.get("input") or ""
-            prompt = PROMPT.format(with_input=", paired with an input that provides further context" if extra else "",
-                                   instruction=record["instruction"],
-                                   input_block=f"### Input:\n{extra}\n\n" if extra else "")
-            prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            answer_ids = tokenizer(record["output"], add_special_tokens=False)["input_ids"] + [eos]
-            ids = (prompt_ids + answer_ids)[:seq_len]
-            labels = ([IGNORE] * len(prompt_ids) + answer_ids)[:seq_len]
-            if len(prompt_ids) >= seq_len - 1:
-                truncated += 1
-                continue  # nothing of the response would be scored
-            pad_len = seq_len - len(ids)
-            rows_ids.append(ids + [pad] * pad_len)
-            rows_labels.append(labels + [IGNORE] * pad_len)
-            if max_examples is not None and len(rows_ids) >= max_examples:
-                break
+    for lineno, record in jsonl_records(path):
+        if not isinstance(record, dict) or not isinstance(record.get("instruction"), str) \
+                or not isinstance(record.get("output"), str):
+            raise ValueError(f"{path}:{lineno}: expected an object with string 'instruction' and 'output' fields")
+        extra = record.get("input") or ""
+        prompt = PROMPT.format(with_input=", paired with an input that provides further context" if extra else "",
+                               instruction=record["instruction"],
+                               input_block=f"### Input:\n{extra}\n\n" if extra else "")
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        answer_ids = tokenizer(record["output"], add_special_tokens=False)["input_ids"] + [eos]
+        ids = (prompt_ids + answer_ids)[:seq_len]
+        labels = ([IGNORE] * len(prompt_ids) + answer_ids)[:seq_len]
+        if len(prompt_ids) >= seq_len - 1:
+            truncated += 1
+            continue  # nothing of the response would be scored
+        pad_len = seq_len - len(ids)
+        rows_ids.append(ids + [pad] * pad_len)
+        rows_labels.append(labels + [IGNORE] * pad_len)
+        if max_examples is not None and len(rows_ids) >= max_examples:
+            break
     if not rows_ids:
         raise ValueError(f"{path}: no usable instruction examples (prompts longer than --seq-len {seq_len}: "
                          f"{truncated}); raise --seq-len")
