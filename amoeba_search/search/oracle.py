@@ -129,13 +129,8 @@ def task_oracle(loaded, task: str, *, limit: int | None = 100, task_dir=None, ca
     metric = MultipleChoiceMetric(lm_eval_items(items), loaded.tokenizer, kind="loss", batch_size=batch_size)
 
     def evaluate_one(shape: SubnetShape):
-        if loaded.adapter is None:
-            loaded.activate(shape)
-            stats = metric.statistics(loaded.supernet)
-        else:  # the metric runs the decoder stack directly: fold the adapter in for this shape
-            with loaded.adapter.merged(shape, loaded.layers_for(shape)):
-                stats = metric.statistics(loaded.supernet)
-        accuracy, loss = metric.accuracy_and_loss(stats)
+        loaded.activate(shape)
+        accuracy, loss = metric.accuracy_and_loss(metric.statistics(loaded.supernet))
         return loss, {"accuracy": accuracy}
 
     name = task_name(task)

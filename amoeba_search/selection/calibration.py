@@ -72,8 +72,8 @@ class CalibrationMetric:
     def statistics(self, model) -> list[torch.Tensor]:
         """Every batch's statistics for ``model`` (HF causal LM or Supernet at its active shape).
 
-        Runs the decoder stack (``lm.model``) and ``lm_head`` directly, so forward hooks on the causal LM
-        itself (an attached SMoL adapter's routing) do not fire: merge such an adapter first.
+        Runs the decoder stack (``lm.model``) and ``lm_head`` directly, so only hooks on the decoder stack or
+        below fire (an attached SMoL adapter routes there).
         """
         lm = causal_lm(model)
         stats = []
