@@ -155,6 +155,7 @@ def main(argv=None) -> int:
             measure, why = None, "not measured: roofline estimate only"
         else:
             measure, why = latency_meter(table, config, metric=args.metric)
+        memory_kwargs, memory_settings = _memory_budget(args, table, config, dtype)
         settings = {"model": args.model, "strategy": str(strategy) if strategy else None,
                     "adapter": str(args.adapter) if args.adapter else None,
                     "table": None if args.roofline else str(table_path),
@@ -162,7 +163,7 @@ def main(argv=None) -> int:
                     "objective": objective, **data_settings, "latency_source": latency_source,
                     "latency_verification": why, "objective_label": label,
                     "latency_label": f"{args.metric} latency (ms{'/token' if args.metric == 'decode' else ''}), "
-                                     f"{flow} on {device}"}
+                                     f"{flow} on {device}", **memory_settings}
         tag = hashlib.sha256(json.dumps([settings, oracle.settings], sort_keys=True, default=str).encode()).hexdigest()[:10]
         storage = args.storage or f"sqlite:///{(args.out / 'study.db').resolve()}"
         job = run_job(space, oracle, lambda s: table.predict(s, metric=args.metric), budget_ms=args.budget_ms,
@@ -170,7 +171,7 @@ def main(argv=None) -> int:
                       study_name=f"amoeba-{args.method}-{args.budget_ms:g}ms-{tag}", seed=args.seed,
                       verify=not args.no_verify, measure_latency=measure,
                       layers_for=loaded.layers_for, settings=settings, progress=_progress(not args.json),
-                      **_memory_budget(args, table, config, dtype, settings))
+                      **memory_kwargs)
         paths = write_outputs(job, args.out, title=f"{args.model}: {flow} on {device}, "
                                                    f"budget {args.budget_ms:g} ms")
         summary = job.to_dict()
@@ -196,21 +197,23 @@ def _note_heldout_task(objective: str) -> None:
               f"and keep {objective} for reporting", file=sys.stderr)
 
 
-def _memory_budget(args, table, config, dtype: str, settings: dict) -> dict:
-    """run_job's memory arguments for --memory-budget-mb: weights + KV cache at the table's settings."""
+def _memory_budget(args, table, config, dtype: str) -> tuple[dict, dict]:
+    """run_job's memory arguments for --memory-budget-mb (weights + KV cache at the table's settings) and the
+    settings that record them; both empty without a memory budget."""
     if args.memory_budget_mb is None:
-        return {}
+        return {}, {}
     if args.memory_budget_mb <= 0:
         raise ValueError(f"--memory-budget-mb must be positive, got {args.memory_budget_mb:g}")
     from amoeba_search.profiling.roofline import memory_footprint_bytes
 
     keys = table.settings if hasattr(table, "settings") else table.key
     context, batch = int(keys["context_len"]), int(keys["batch"])
-    settings["memory_budget_mb"] = args.memory_budget_mb
-    settings["memory_source"] = (f"weights + KV cache computed from the config ({dtype}, batch {batch}, "
-                                 f"context {context} tokens; runtime overheads excluded)")
+    settings = {"memory_budget_mb": args.memory_budget_mb,
+                "memory_source": f"weights + KV cache computed from the config ({dtype}, batch {batch}, "
+                                 f"context {context} tokens; runtime overheads excluded)"}
     return {"memory_budget_mb": args.memory_budget_mb,
-            "memory_fn": lambda s: memory_footprint_bytes(config, s, dtype=dtype, context=context, batch=batch) / 2**20}
+            "memory_fn": lambda s: memory_footprint_bytes(config, s, dtype=dtype, context=context, batch=batch) / 2**20
+            }, settings
 
 
 def _check_storage(url: str) -> None:

@@ -16,7 +16,7 @@ import contextlib
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -129,11 +129,6 @@ class LoRAExperts(nn.Module):
         return torch.einsum("t,tor,tri->oi", weights.to(self.A.dtype), self.B, self.A) * scaling
 
 
-@dataclass
-class _Attached:
-    handles: list = field(default_factory=list)
-
-
 class SMoLAdapter(nn.Module):
     """The adapter: a shape gate plus LoRA experts for every target linear of every layer of ``supernet``."""
 
@@ -155,7 +150,7 @@ class SMoLAdapter(nn.Module):
         self.supernet = [supernet]  # a list keeps it out of this module's parameters and state dict
         self.noise_generator = torch.Generator()
         self._weights: torch.Tensor | None = None
-        self._attached = _Attached()
+        self._handles: list = []  # forward hooks while attached
 
     # -- routing -------------------------------------------------------------------------------------
 
@@ -167,9 +162,13 @@ class SMoLAdapter(nn.Module):
 
     # -- joining the model ---------------------------------------------------------------------------
 
+    @property
+    def attached(self) -> bool:
+        return bool(self._handles)
+
     def attach(self) -> "SMoLAdapter":
         """Add the experts to every forward of the supernet's model (idempotent)."""
-        if self._attached.handles:
+        if self._handles:
             return self
         supernet = self.supernet[0]
         # On the decoder stack, not the LM head wrapper: callers that run ``model.model`` directly route too.
@@ -177,13 +176,13 @@ class SMoLAdapter(nn.Module):
         for index, layer in enumerate(supernet.layers):
             for name in self.config.targets:
                 handles.append(_target(layer, name).register_forward_hook(self._lora_hook(_key(index, name))))
-        self._attached.handles = handles
+        self._handles = handles
         return self
 
     def detach(self) -> None:
-        for handle in self._attached.handles:
+        for handle in self._handles:
             handle.remove()
-        self._attached.handles = []
+        self._handles = []
 
     def _route_hook(self, module, args):
         self._weights = self.expert_weights()  # once per model forward, shared by every layer
@@ -208,7 +207,7 @@ class SMoLAdapter(nn.Module):
         """
         supernet = self.supernet[0]
         supernet.set_active(shape, layers)
-        was_training, was_attached = self.training, bool(self._attached.handles)
+        was_training, was_attached = self.training, self.attached
         self.eval()
         self.detach()
         weights = self.gate(self.gate.features(shape, supernet.active_layers))

@@ -1,6 +1,7 @@
 """One call from a model spec (and optionally a strategy file) to a ready supernet: what every command needs."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,10 +48,8 @@ class LoadedSupernet:
 
         layers = self.layers_for(shape) if layers is None else layers
         provenance = {**self.provenance, **kwargs.pop("provenance", {})}
-        if self.adapter is None:
-            return export_subnet(self.supernet, shape, out_dir, layers=layers, tokenizer=self.tokenizer,
-                                 provenance=provenance, **kwargs)
-        with self.adapter.merged(shape, layers):
+        merged = contextlib.nullcontext() if self.adapter is None else self.adapter.merged(shape, layers)
+        with merged:
             return export_subnet(self.supernet, shape, out_dir, layers=layers, tokenizer=self.tokenizer,
                                  provenance=provenance, **kwargs)
 

@@ -102,7 +102,7 @@ def test_merging_restores_the_supernet_weights():
         assert torch.equal(layers[3].mlp.up_proj.weight, before["3.mlp.up_proj.weight"])  # not kept: untouched
     after = layers.state_dict()
     assert all(torch.equal(after[k], v) for k, v in before.items())
-    assert adapter._attached.handles  # re-attached after merging
+    assert adapter.attached  # re-attached after merging
 
 
 def test_load_rejects_another_model_or_order(tmp_path):
