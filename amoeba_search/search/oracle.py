@@ -73,10 +73,16 @@ def perplexity_oracle(loaded, blocks, *, data_settings: dict, cache_path=None, b
         loaded.activate(shape)
         return perplexity(loaded.supernet, blocks, batch_size=batch_size).ppl
 
-    settings = {"metric": "ppl", "model": loaded.fingerprint, "strategy": loaded.strategy_path, **data_settings}
+    return MetricOracle(evaluate_one, {"metric": "ppl", **_supernet_identity(loaded), **data_settings}, cache_path)
+
+
+def _supernet_identity(loaded) -> dict:
+    """What makes numbers of ``loaded``'s subnets comparable: model, strategy and adapter, by content (a
+    strategy moved to another checkout is still the same strategy)."""
+    identity = {"model": loaded.fingerprint, "strategy": None if loaded.strategy is None else loaded.strategy.digest()}
     if loaded.adapter is not None:
-        settings["adapter"] = loaded.adapter.identity()
-    return MetricOracle(evaluate_one, settings, cache_path)
+        identity["adapter"] = loaded.adapter.identity()
+    return identity
 
 
 def check_objective(spec: str, *, task_dir=None) -> Path | None:
@@ -134,11 +140,9 @@ def task_oracle(loaded, task: str, *, limit: int | None = 100, task_dir=None, ca
         return loss, {"accuracy": accuracy}
 
     name = task_name(task)
-    settings = {"metric": f"task-loss:{name}", "model": loaded.fingerprint, "strategy": loaded.strategy_path,
-                "task": name, "task_sha256": file_sha256(path), "limit": limit, "items": len(items),
+    settings = {"metric": f"task-loss:{name}", **_supernet_identity(loaded), "task": name,
+                "task_sha256": file_sha256(path), "limit": limit, "items": len(items),
                 "scoring": "answer cross-entropy among choices, summed log-likelihood of ' ' + choice"}
-    if loaded.adapter is not None:
-        settings["adapter"] = loaded.adapter.identity()
     return MetricOracle(evaluate_one, settings, cache_path)
 
 

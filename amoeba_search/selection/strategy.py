@@ -4,6 +4,7 @@ Versioned JSON, never pickle. Made by ``amoeba-select`` (stage 1) and read by ev
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,6 +98,10 @@ class SelectionStrategy:
             "head_orders": self.head_orders,
             "extra": self.extra,
         }
+
+    def digest(self) -> str:
+        """A hash of the strategy's content: what identifies it wherever its file lives."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SelectionStrategy":

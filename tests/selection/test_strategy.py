@@ -80,3 +80,20 @@ def test_malformed_strategies_are_refused(calib_text, tmp_path):
         path.write_text(json.dumps(broken))
         with pytest.raises(ValueError, match=message):
             SelectionStrategy.load(path)
+
+
+def test_digest_names_the_content_not_the_file(tmp_path):
+    from amoeba_search.search.oracle import perplexity_oracle
+    from tests.finetune.helpers import tiny_loaded
+
+    loaded = tiny_loaded()
+    strategy = loaded.strategy
+    strategy.save(tmp_path / "a" / "s.json")
+    strategy.save(tmp_path / "b.json")
+    moved = SelectionStrategy.load(tmp_path / "b.json")
+    assert moved.digest() == SelectionStrategy.load(tmp_path / "a" / "s.json").digest() == strategy.digest()
+    other = SelectionStrategy(strategy.fingerprint, {**strategy.depth_layers, 3: [0, 1, 5]})
+    assert other.digest() != strategy.digest()
+    blocks = torch.randint(3, 259, (2, 16))
+    settings = perplexity_oracle(loaded, blocks, data_settings={}).settings
+    assert settings["strategy"] == strategy.digest()
