@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seq-len", type=int, default=256, help="tokens per calibration block (default: %(default)s)")
     parser.add_argument("--min-depth", type=int, help="smallest depth to select layers for (default: half the layers)")
     parser.add_argument("--keep-last", type=int, default=0, help="top layers every depth keeps (default: %(default)s)")
+    parser.add_argument("--beam", type=int, default=1,
+                        help="DP: layer sets kept per table cell; 1 is the paper's DP, B costs about B times the "
+                             "evaluations and misses fewer layers that only pay off removed together (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=4, help="calibration blocks per forward (default: %(default)s)")
     parser.add_argument("--cache", default="tree", help="DP prefix caching: tree, row, none (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random width metric (default: %(default)s)")
@@ -59,8 +62,8 @@ def canonical_command(args) -> str:
              "--samples", str(args.samples), "--seq-len", str(args.seq_len)]
     if args.min_depth is not None:
         parts += ["--min-depth", str(args.min_depth)]
-    parts += ["--keep-last", str(args.keep_last), "--batch-size", str(args.batch_size), "--cache", args.cache,
-              "--seed", str(args.seed), "--out", str(args.out)]
+    parts += ["--keep-last", str(args.keep_last), "--beam", str(args.beam), "--batch-size", str(args.batch_size),
+              "--cache", args.cache, "--seed", str(args.seed), "--out", str(args.out)]
     return shlex.join(parts)
 
 
@@ -75,8 +78,8 @@ def main(argv=None) -> int:
             raise FileExistsError(f"{args.out} already exists; choose another --out or pass --overwrite")
         settings = SelectionSettings(method=args.method, metric=args.metric, calib=args.calib, split=args.split,
                                      samples=args.samples, seq_len=args.seq_len, min_depth=args.min_depth,
-                                     keep_last=args.keep_last, width_metric=args.width_metric, seed=args.seed,
-                                     batch_size=args.batch_size, cache=args.cache)
+                                     keep_last=args.keep_last, beam=args.beam, width_metric=args.width_metric,
+                                     seed=args.seed, batch_size=args.batch_size, cache=args.cache)
         settings.check_names()
         loaded = open_supernet(args.model)
         settings = settings.checked(loaded.supernet.dims.num_layers)  # bad options fail before any compute

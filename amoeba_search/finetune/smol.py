@@ -3,9 +3,9 @@
 Every target linear of every block gets T LoRA experts (A: (T, r, in), B: (T, out, r)). One gate, shared by
 all layers, reads the *subnet shape* (which layers are kept, FFN and heads ratio), not the tokens, and picks
 the top-k experts with softmax weights: noisy top-k while training, deterministic in eval mode. The gate always
-routes by the shape the supernet is set to. The adapter lives beside the model and joins it through forward hooks, so the HF model stays unmodified; the factors are
-sliced with the weights (A's columns with the active inputs, B's rows with the active outputs), so one
-adapter serves every width.
+routes by the shape the supernet is set to. The adapter lives beside the model and joins it through forward
+hooks, so the HF model stays unmodified; the factors are sliced with the weights (A's columns with the active
+inputs, B's rows with the active outputs), so one adapter serves every width.
 
 Positions are the supernet's *physical* ones (importance-ordered, rank-major heads), so an adapter belongs to
 the channel/head order it was trained with; ``order_digest`` records it and loading checks it.
@@ -30,7 +30,7 @@ from amoeba_search.models.supernet import SlicedLinear, Supernet
 from amoeba_search.paths import atomic_dir
 from amoeba_search.shapes import ModelDims, SubnetShape
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the mixture is scaled by top_k (see SMoLConfig.scaling)
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter.json"
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -66,7 +66,10 @@ class SMoLConfig:
 
     @property
     def scaling(self) -> float:
-        return self.alpha / self.rank
+        """alpha / rank per expert, times top_k: the gate's k weights sum to 1, so without the factor k experts
+        of rank r would act as one LoRA of rank k*r at 1/k of its scale, and top_k would silently set the
+        effective learning rate."""
+        return self.alpha / self.rank * self.top_k
 
 
 def order_digest(supernet: Supernet) -> str:
@@ -266,8 +269,11 @@ class SMoLAdapter(nn.Module):
             raise FileNotFoundError(f"{directory} is not an adapter directory (no {ADAPTER_CONFIG}); "
                                     "pass the --out of amoeba-finetune or one of its checkpoints")
         record = json.loads(config_path.read_text())
-        if record.get("kind") != "smol-adapter" or record.get("schema_version") != SCHEMA_VERSION:
-            raise ValueError(f"{config_path}: not a schema-{SCHEMA_VERSION} SMoL adapter")
+        if record.get("kind") != "smol-adapter":
+            raise ValueError(f"{config_path}: not a SMoL adapter")
+        if record.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(f"{config_path}: a schema-{record.get('schema_version')} SMoL adapter, this version reads "
+                             f"schema {SCHEMA_VERSION} (the mixture's scale changed); run amoeba-finetune again")
         if record["dims"] != supernet.dims.to_dict():
             raise AdapterMismatchError(f"the adapter in {directory} was trained for another model "
                                        f"({record['dims']}); pass the model it was trained on")

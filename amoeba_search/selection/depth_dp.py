@@ -11,6 +11,11 @@ The better one wins (the keep option on a tie). ``D[N][m]`` then gives the layer
 a heuristic in general (it is exact for metrics additive over layers). All remove-candidates of a row share
 the layers below ``L``, which is what the objective's prefix cache exploits.
 
+``beam > 1`` widens the recursion: each cell keeps its ``beam`` best layer sets instead of one, and every one of
+them is extended by "keep" and "remove" in the next row. ``beam=1`` is the paper's DP; a beam as large as the
+largest binomial C(n, m) is exhaustive; in between, it trades about ``beam`` times the evaluations for fewer
+joint removals missed (a layer that only pays off together with another one).
+
 After each row a small JSON checkpoint (written atomically) lets an interrupted run continue from the last
 completed row.
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +33,7 @@ from tqdm.auto import tqdm
 from amoeba_search.paths import atomic_write_text
 from amoeba_search.selection.calibration import better
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: a row holds a beam of candidates per cell
 
 
 @dataclass
@@ -63,7 +69,7 @@ class DPCheckpoint:
 
     def save(self, rows_done: int, row, evaluations: int) -> None:
         state = {"format": CHECKPOINT_FORMAT, "key": self.key, "rows_done": rows_done, "evaluations": evaluations,
-                 "row": [None if cell is None else [list(cell[0]), cell[1]] for cell in row]}
+                 "row": [[[list(tail), metric] for tail, metric in cell] for cell in row]}
         atomic_write_text(self.path, json.dumps(state))
 
     def remove(self) -> None:
@@ -80,33 +86,35 @@ def check_depth_range(num_layers: int, min_depth: int, keep_last: int) -> None:
                          f"lower --keep-last to at most {min_depth}")
 
 
-def depth_dp(objective, *, min_depth: int, keep_last: int = 0, checkpoint: DPCheckpoint | None = None,
-             resume: bool = False, progress: bool = False) -> DepthResult:
+def depth_dp(objective, *, min_depth: int, keep_last: int = 0, beam: int = 1,
+             checkpoint: DPCheckpoint | None = None, resume: bool = False, progress: bool = False) -> DepthResult:
     """Fill the DP table of ``objective`` for depths ``min_depth..N`` (the top ``keep_last`` layers stay)."""
     n_layers = objective.num_layers
     check_depth_range(n_layers, min_depth, keep_last)
+    if beam < 1:
+        raise ValueError(f"the DP beam must be at least 1 (1 is the paper's DP), got {beam}")
     most = n_layers - min_depth                         # layers removed at the smallest depth
     higher = objective.higher_is_better
     state = checkpoint.load() if (checkpoint is not None and resume) else None
     evaluated0 = objective.evaluations
     if state is not None:
         start, before = state["rows_done"], state["evaluations"]
-        row = [None if cell is None else (tuple(cell[0]), cell[1]) for cell in state["row"]]
+        row = [[(tuple(tail), metric) for tail, metric in cell] for cell in state["row"]]
     else:
         start, before = 0, 0
-        row = [((), objective.full())]                 # D[0][0]: nothing above, the full network
+        row = [[((), objective.full())]]                # D[0][0]: nothing above, the full network
+    # row[m]: up to ``beam`` candidates (kept layers above the decided one, metric), best first
     bar = tqdm(total=n_layers, initial=start, desc="depth DP rows", unit="row", disable=not progress)
     for n in range(start + 1, n_layers + 1):
         decided = n_layers - n                          # layer L decided in this row
         reach = min(most, n - keep_last) if n > keep_last else 0
-        tails = [row[m - 1][0] for m in range(1, reach + 1)]
-        scores = objective.evaluate(decided, tails)
+        tails = [tail for m in range(1, reach + 1) for tail, _ in row[m - 1]]
+        scores = iter(objective.evaluate(decided, tails))
         new = []
         for m in range(reach + 1):
-            keep = ((decided,) + row[m][0], row[m][1]) if m < len(row) else None
-            remove = (row[m - 1][0], scores[m - 1]) if m >= 1 else None
-            new.append(remove if keep is None or (remove is not None and better(remove[1], keep[1], higher_is_better=higher))
-                       else keep)
+            keeps = [((decided,) + tail, metric) for tail, metric in row[m]] if m < len(row) else []
+            removes = [(tail, next(scores)) for tail, _ in row[m - 1]] if m >= 1 else []
+            new.append(_best(keeps + removes, beam, higher))
         row = new
         done = before + objective.evaluations - evaluated0
         if checkpoint is not None:
@@ -114,13 +122,26 @@ def depth_dp(objective, *, min_depth: int, keep_last: int = 0, checkpoint: DPChe
         bar.set_postfix(evals=done)
         bar.update(1)
     bar.close()
-    depth_layers = {n_layers - m: list(row[m][0]) for m in range(len(row))}
-    depth_metric = {n_layers - m: row[m][1] for m in range(len(row))}
+    depth_layers = {n_layers - m: list(row[m][0][0]) for m in range(len(row))}
+    depth_metric = {n_layers - m: row[m][0][1] for m in range(len(row))}
     this_run = objective.evaluations - evaluated0
     return DepthResult(depth_layers, depth_metric, before + this_run, this_run, start)
 
 
-def dp_evaluation_count(num_layers: int, min_depth: int, keep_last: int = 0) -> int:
-    """Networks the DP scores (the full one included): sum over rows of the removable counts."""
+def _best(candidates: list, beam: int, higher: bool) -> list:
+    """The ``beam`` best candidates; a stable sort keeps "keep" options (listed first) ahead on ties, NaN last."""
+    def key(candidate):
+        metric = candidate[1]
+        return (math.isnan(metric), -metric if higher else metric)
+    return sorted(candidates, key=key)[:beam]
+
+
+def dp_evaluation_count(num_layers: int, min_depth: int, keep_last: int = 0, beam: int = 1) -> int:
+    """Networks the DP scores (the full one included). Cell (n, m) holds min(beam, C(n - keep_last, m)) layer
+    sets, and row n evaluates "remove" on every set of the cells (n-1, m-1)."""
     most = num_layers - min_depth
-    return 1 + sum(min(most, n - keep_last) for n in range(keep_last + 1, num_layers + 1))
+
+    def size(n: int, m: int) -> int:
+        return min(beam, math.comb(max(n - keep_last, 0), m))
+    return 1 + sum(size(n - 1, m - 1) for n in range(keep_last + 1, num_layers + 1)
+                   for m in range(1, min(most, n - keep_last) + 1))

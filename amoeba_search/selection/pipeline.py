@@ -40,6 +40,7 @@ class SelectionSettings:
     seq_len: int = 256
     min_depth: int | None = None    # default: half the layers
     keep_last: int = 0
+    beam: int = 1                   # DP layer sets kept per cell: 1 is the paper's DP
     width_metric: str = "flap"
     seed: int = 0
     batch_size: int = 4
@@ -51,6 +52,8 @@ class SelectionSettings:
         check_metric_name(self.metric)
         _choose("width metric", self.width_metric, WIDTH_METRICS)
         _choose("cache mode", self.cache, CACHE_MODES)
+        if self.beam < 1:
+            raise ValueError(f"the DP beam must be at least 1 (1 is the paper's DP), got {self.beam}")
         if self.samples < 1 or self.batch_size < 1:
             raise ValueError(f"samples and batch size must be positive, got {self.samples} and {self.batch_size}")
         if self.seq_len < 2:
@@ -111,7 +114,8 @@ def select_strategy(supernet, tokenizer, fingerprint: dict, settings: SelectionS
         if checkpoint is not None:
             ckpt = DPCheckpoint(checkpoint, {"fingerprint": fingerprint.get("weights_sha256"),
                                              "dims": fingerprint.get("dims"), **settings.to_dict()})
-        depth = depth_dp(objective, min_depth=settings.min_depth, keep_last=settings.keep_last, checkpoint=ckpt,
+        depth = depth_dp(objective, min_depth=settings.min_depth, keep_last=settings.keep_last, beam=settings.beam,
+                         checkpoint=ckpt,
                          resume=resume, progress=progress)
     else:
         if settings.method in ("shortgpt", "angular"):

@@ -88,6 +88,7 @@ def test_resume_continues_from_the_checkpoint(model_dir, calib, tmp_path, capsys
     (["--method", "shortgtp"], "did you mean 'shortgpt'"),
     (["--width-metric", "magnitud"], "did you mean 'magnitude'"),
     (["--keep-last", "5"], "keep-last"),
+    (["--beam", "0"], "beam must be at least 1"),
     (["--resume"], "nothing to resume"),
 ])
 def test_bad_input_is_one_line_with_exit_code_2(model_dir, calib, tmp_path, capsys, extra, message):
@@ -98,6 +99,18 @@ def test_bad_input_is_one_line_with_exit_code_2(model_dir, calib, tmp_path, caps
     assert message in err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert not out.exists()
+
+
+def test_a_wide_beam_is_exhaustive_and_recorded(model_dir, calib, tmp_path, capsys):
+    assert select_cli.main(_args(model_dir, calib, tmp_path / "b1.json", "--json")) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert select_cli.main(_args(model_dir, calib, tmp_path / "b20.json", "--json", "--beam", "20")) == 0
+    wide = json.loads(capsys.readouterr().out)
+    assert wide["evaluations_total"] > plain["evaluations_total"]
+    # 6 layers: no cell holds more than C(6, 3) = 20 sets, so beam 20 is exhaustive and cannot lose
+    assert all(wide["depth_metric"][d] <= plain["depth_metric"][d] * (1 + 1e-9) for d in plain["depth_metric"])
+    strategy = SelectionStrategy.load(tmp_path / "b20.json")
+    assert strategy.calibration["beam"] == 20 and "--beam 20" in strategy.calibration["command"]
 
 
 def test_existing_output_needs_overwrite(model_dir, calib, tmp_path, capsys):

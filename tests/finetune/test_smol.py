@@ -55,6 +55,29 @@ def test_gate_routes_by_shape_and_is_deterministic_in_eval():
     assert not all(torch.equal(draws[0], d) for d in draws[1:])  # noisy top-k while training
 
 
+def test_top_k_experts_act_as_one_lora_of_k_times_the_rank():
+    """Two rank-r experts at equal gate weight equal one rank-2r LoRA of the same alpha/rank, so top_k does not
+    silently rescale the update (and with it the effective learning rate)."""
+    loaded = tiny_loaded()
+    ids = torch.randint(3, 259, (2, 12))
+    mixture = _randomized(SMoLAdapter(loaded.supernet, SMoLConfig(num_experts=3, top_k=2, rank=4, alpha=8.0)))
+    with torch.no_grad():
+        mixture.gate.route.weight.zero_()
+        mixture.gate.route.bias.copy_(torch.tensor([1.0, 1.0, 0.0]))  # experts 0 and 1 at weight 1/2 each
+    mixture.attach().eval()
+    with torch.no_grad():
+        expected = loaded.supernet(input_ids=ids).logits
+    mixture.detach()
+    single = SMoLAdapter(loaded.supernet, SMoLConfig(num_experts=1, top_k=1, rank=8, alpha=16.0))
+    with torch.no_grad():
+        for key, experts in single.experts.items():
+            experts.A.copy_(mixture.experts[key].A[:2].reshape(1, 8, -1))
+            experts.B.copy_(mixture.experts[key].B[:2].permute(1, 0, 2).reshape(1, -1, 8))
+    single.attach().eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded.supernet(input_ids=ids).logits, expected, atol=1e-5)
+
+
 def test_fresh_adapter_is_a_no_op_and_detach_removes_it():
     loaded = tiny_loaded()
     ids = torch.randint(3, 259, (2, 12))

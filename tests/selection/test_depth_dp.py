@@ -91,6 +91,45 @@ def test_the_dp_is_a_heuristic_and_can_miss_the_optimum():
     assert dp.depth_metric[2] > 0.0  # brute force finds 0.0 by removing layers 1 and 2
 
 
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("higher", [False, True])
+def test_a_beam_as_wide_as_the_largest_cell_is_exhaustive(seed, higher):
+    n_layers, min_depth, keep_last = 7, 2, seed % 2
+    fn = _arbitrary(seed)
+    obj = FunctionObjective(n_layers, fn, higher_is_better=higher)
+    got = depth_dp(obj, min_depth=min_depth, keep_last=keep_last, beam=20)  # C(7, 3) = 35 > 20 >= C(6, 3)
+    pick = max if higher else min
+    removable = range(n_layers - keep_last)
+    for depth in range(min_depth, n_layers + 1):
+        best = pick(fn(tuple(sorted(set(range(n_layers)) - set(gone))))
+                    for gone in itertools.combinations(removable, n_layers - depth))
+        assert got.depth_metric[depth] == best
+        assert fn(tuple(got.depth_layers[depth])) == best
+    assert obj.evaluations == dp_evaluation_count(n_layers, min_depth, keep_last, beam=20)
+
+
+def test_a_beam_finds_the_joint_removal_the_plain_dp_misses():
+    def fn(kept):
+        gone = {0, 1, 2, 3} - set(kept)
+        return 0.0 if gone == {1, 2} else 1.0 + len(gone)
+    assert depth_dp(FunctionObjective(4, fn), min_depth=2).depth_metric[2] > 0.0
+    wide = depth_dp(FunctionObjective(4, fn), min_depth=2, beam=2)
+    assert wide.depth_metric[2] == 0.0 and wide.depth_layers[2] == [0, 3]
+
+
+@pytest.mark.parametrize("beam", [1, 2, 3])
+@pytest.mark.parametrize("keep_last", [0, 2])
+def test_evaluation_count_with_a_beam(beam, keep_last):
+    obj = FunctionObjective(9, _arbitrary(beam + keep_last))
+    result = depth_dp(obj, min_depth=3, keep_last=keep_last, beam=beam)
+    assert result.evaluations == obj.evaluations == dp_evaluation_count(9, 3, keep_last, beam=beam)
+
+
+def test_beam_must_be_positive():
+    with pytest.raises(ValueError, match="beam"):
+        depth_dp(FunctionObjective(4, lambda kept: 0.0), min_depth=2, beam=0)
+
+
 def test_evaluation_count_and_tie_keeps_the_layer():
     obj = FunctionObjective(6, lambda kept: 1.0)
     result = depth_dp(obj, min_depth=3)
@@ -99,9 +138,10 @@ def test_evaluation_count_and_tie_keeps_the_layer():
     assert result.depth_layers[4] == [0, 1, 2, 3]
 
 
-def test_resume_after_a_crash_gives_the_same_result_with_fewer_evaluations(tmp_path):
+@pytest.mark.parametrize("beam", [1, 3])
+def test_resume_after_a_crash_gives_the_same_result_with_fewer_evaluations(tmp_path, beam):
     fn = _arbitrary(11)
-    full = depth_dp(FunctionObjective(8, fn), min_depth=3)
+    full = depth_dp(FunctionObjective(8, fn), min_depth=3, beam=beam)
     ckpt = DPCheckpoint(tmp_path / "s.json.checkpoint.json", {"settings": 1})
 
     class Crash(RuntimeError):
@@ -113,11 +153,11 @@ def test_resume_after_a_crash_gives_the_same_result_with_fewer_evaluations(tmp_p
         return fn(kept)
 
     with pytest.raises(Crash):
-        depth_dp(FunctionObjective(8, crashing), min_depth=3, checkpoint=ckpt)
+        depth_dp(FunctionObjective(8, crashing), min_depth=3, beam=beam, checkpoint=ckpt)
     state = json.loads(ckpt.path.read_text())
     assert state["rows_done"] == 5
     resumed_obj = FunctionObjective(8, fn)
-    resumed = depth_dp(resumed_obj, min_depth=3, checkpoint=ckpt, resume=True)
+    resumed = depth_dp(resumed_obj, min_depth=3, beam=beam, checkpoint=ckpt, resume=True)
     assert resumed.depth_layers == full.depth_layers and resumed.depth_metric == full.depth_metric
     assert resumed.resumed_from_row == 5
     assert resumed_obj.evaluations < full.evaluations
