@@ -124,7 +124,7 @@ def task_oracle(loaded, task: str, *, limit: int | None = 100, task_dir=None, ca
     log-likelihoods, so ``accuracy`` matches ``amoeba-eval``'s ``acc`` for a subnet.
     """
     from amoeba_search.evaluation.local_tasks import file_sha256, read_task_file, task_name
-    from amoeba_search.selection.calibration import MultipleChoiceMetric
+    from amoeba_search.selection.calibration import MultipleChoiceMetric, lm_eval_items
 
     path = check_objective(task, task_dir=task_dir)
     if path is None:
@@ -144,19 +144,6 @@ def task_oracle(loaded, task: str, *, limit: int | None = 100, task_dir=None, ca
                 "task_sha256": file_sha256(path), "limit": limit, "items": len(items),
                 "scoring": "answer cross-entropy among choices, summed log-likelihood of ' ' + choice"}
     return MetricOracle(evaluate_one, settings, cache_path)
-
-
-def lm_eval_items(items):
-    """Local task items as ``MultipleChoiceItem``s scored like lm-eval: the choice follows the context after a
-    space, and whitespace ending the context moves into the choice."""
-    from amoeba_search.selection.calibration import MultipleChoiceItem
-
-    out = []
-    for context, choices, answer in items:
-        stripped = context.rstrip()
-        moved = context[len(stripped):]
-        out.append(MultipleChoiceItem(stripped, tuple(f"{moved} {c}" for c in choices), answer))
-    return out
 
 
 def design_sample(space: SearchSpace, n: int, *, seed: int = 0, exclude: Sequence[SubnetShape] = (),

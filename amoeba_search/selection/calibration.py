@@ -157,6 +157,17 @@ def load_mc_items(path: str | Path) -> list[MultipleChoiceItem]:
     return items
 
 
+def lm_eval_items(items) -> list[MultipleChoiceItem]:
+    """``(context, choices, answer)`` items as lm-eval scores them: the choice follows the context after a space
+    (its ``target_delimiter``), and whitespace ending the context moves into the choice."""
+    out = []
+    for context, choices, answer in items:
+        stripped = context.rstrip()
+        moved = context[len(stripped):]
+        out.append(MultipleChoiceItem(stripped, tuple(f"{moved} {c}" for c in choices), answer))
+    return out
+
+
 class MultipleChoiceMetric(CalibrationMetric):
     """Accuracy (``kind="acc"``) or answer cross-entropy (``kind="loss"``) on multiple-choice items.
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from amoeba_search.selection.calibration import (METRICS, MultipleChoiceMetric, PerplexityMetric, check_metric_name,
-                                                 load_mc_items, spread_blocks)
+                                                 lm_eval_items, load_mc_items, spread_blocks)
 from amoeba_search.selection.depth_baselines import (angular_layers, drop_last_layers, hidden_similarity,
                                                      ppl_rank_layers, score_layer_sets, shortgpt_layers)
 from amoeba_search.selection.depth_dp import DepthResult, DPCheckpoint, check_depth_range, depth_dp
@@ -83,7 +83,8 @@ def calibration_metric(settings: SelectionSettings, tokenizer):
     if len(items) < settings.samples:
         raise ValueError(f"{settings.calib} holds {len(items)} multiple-choice items, {settings.samples} requested; "
                          f"ask for --samples {len(items)} or fewer")
-    return MultipleChoiceMetric(items[:settings.samples], tokenizer, kind=settings.metric.split("-")[1],
+    items = lm_eval_items((i.context, i.choices, i.answer) for i in items[:settings.samples])
+    return MultipleChoiceMetric(items, tokenizer, kind=settings.metric.split("-")[1],
                                 batch_size=settings.batch_size)
 
 
@@ -140,6 +141,8 @@ def select_strategy(supernet, tokenizer, fingerprint: dict, settings: SelectionS
                    "higher_is_better": metric.higher_is_better}
     if settings.metric == "ppl":
         calibration["block_selection"] = "evenly spaced over the split's blocks (first and last included)"
+    else:
+        calibration["choice_scoring"] = "as lm-eval: context + ' ' + choice, summed log-likelihood"
     if command:
         calibration["command"] = command
     strategy = SelectionStrategy(

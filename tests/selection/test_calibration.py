@@ -85,3 +85,22 @@ def test_spread_blocks_are_evenly_spaced():
     assert spread_blocks(blocks, 1)[:, 0].tolist() == [0]
     with pytest.raises(ValueError):
         spread_blocks(blocks, 11)
+
+
+def test_selection_scores_choices_as_lm_eval_does(tmp_path):
+    """amoeba-select's mc metrics, the search's task objective and lm-eval all score ``context + " " + choice``."""
+    from amoeba_search.selection.calibration import lm_eval_items
+    from amoeba_search.selection.pipeline import SelectionSettings, calibration_metric
+
+    path = tmp_path / "task.jsonl"
+    rows = [{"context": "the river is", "choices": ["wide", "stone"], "answer": 0},
+            {"context": "music in winter\n", "choices": ["paper", "light"], "answer": 1}]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    model, tok = tiny_model(), tiny_tokenizer()
+    metric = calibration_metric(SelectionSettings(metric="mc-loss", calib=str(path), samples=2), tok)
+    assert [item.choices for item in metric.items] == [(" wide", " stone"), ("\n paper", "\n light")]
+    assert metric.items[1].context == "music in winter"
+    want = [[_naive_loglik(model, tok, r["context"].rstrip(), c) for c in item.choices]
+            for r, item in zip(rows, lm_eval_items((r["context"], r["choices"], r["answer"]) for r in rows))]
+    got = metric.choice_loglik(metric.statistics(model))
+    assert [x for row in got for x in row] == pytest.approx([x for row in want for x in row], rel=1e-6)
