@@ -213,7 +213,7 @@ def main(argv=None) -> int:
     from amoeba_search.paths import atomic_write_text
     from amoeba_search.profiling.devices import check_device, get_device, measured_cpu_spec
     from amoeba_search.profiling.flows import resolve_flow_name
-    from amoeba_search.profiling.machine import detect_machine
+    from amoeba_search.profiling.machine import detect_machine, wait_until_quiet
     from amoeba_search.profiling.model_source import load_model_source
 
     hf_logging.disable_progress_bar()
@@ -228,6 +228,8 @@ def main(argv=None) -> int:
     spec = get_device(args.device, profiles=args.profiles)
     check_device(spec, machine)
     if spec.kind == "cpu":
+        if args.max_other_load is not None and args.wait_idle > 0:
+            wait_until_quiet(args.max_other_load, timeout=args.wait_idle)  # a busy CPU understates bandwidth
         spec = measured_cpu_spec(spec, machine, refresh=True)  # bandwidth measured now, beside the latencies
     source = load_model_source(args.model)
     results = json.loads(args.results.read_text()) if args.results.exists() else {}
