@@ -41,7 +41,8 @@ from amoeba_search.paths import atomic_write_text  # noqa: E402
 from amoeba_search.shapes import SubnetShape  # noqa: E402
 
 SHAPES = ("d30-f1-h1", "d26-f0.875-h1", "d22-f0.75-h0.667", "d18-f0.625-h0.667", "d15-f0.5-h0.333")
-VARIANTS = ("smol", "single-lora", "smol-no-balance")
+ABLATION = ("smol", "single-lora", "smol-no-balance")  # the ablation, run by default
+VARIANTS = (*ABLATION, "smol-no-noise")
 
 
 def log(message: str) -> None:
@@ -64,7 +65,8 @@ def parse_args(argv=None):
     p.add_argument("--eval-blocks", type=int, default=16)
     p.add_argument("--eval-seq-len", type=int, default=256)
     p.add_argument("--shapes", default=",".join(SHAPES))
-    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--variants", default=",".join(ABLATION),
+                   help=f"comma-separated, from {', '.join(VARIANTS)} (default: %(default)s)")
     p.add_argument("--runs", type=Path, default=ROOT / "out" / "bench-finetune", help="run directories (resumable)")
     p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "finetune.json")
     p.add_argument("--seed", type=int, default=0)
@@ -80,6 +82,8 @@ def variant_settings(name: str, args, rank: int) -> tuple[SMoLConfig, dict]:
         return SMoLConfig(1, 1, active, 2.0 * active), {"balance": True}
     if name == "smol-no-balance":
         return SMoLConfig(args.experts, args.top_k, rank, 2.0 * rank), {"balance": False}
+    if name == "smol-no-noise":  # the gate routes each shape deterministically while training too
+        return SMoLConfig(args.experts, args.top_k, rank, 2.0 * rank, noise=False), {"balance": True}
     raise ValueError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
 
 
