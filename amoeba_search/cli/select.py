@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--keep-last", type=int, default=0, help="top layers every depth keeps (default: %(default)s)")
     parser.add_argument("--beam", type=int, default=1,
                         help="DP: layer sets kept per table cell; 1 is the paper's DP, B costs about B times the "
-                             "evaluations and misses fewer layers that only pay off removed together (default: %(default)s)")
+                             "evaluations and misses fewer layers that only pay off removed together "
+                             "(default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=4, help="calibration blocks per forward (default: %(default)s)")
     parser.add_argument("--cache", default="tree", help="DP prefix caching: tree, row, none (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random width metric (default: %(default)s)")
