@@ -21,6 +21,7 @@ completed row.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -86,13 +87,17 @@ def check_depth_range(num_layers: int, min_depth: int, keep_last: int) -> None:
                          f"lower --keep-last to at most {min_depth}")
 
 
+def check_beam(beam: int) -> None:
+    if beam < 1:
+        raise ValueError(f"the DP beam must be at least 1 (1 is the paper's DP), got {beam}")
+
+
 def depth_dp(objective, *, min_depth: int, keep_last: int = 0, beam: int = 1,
              checkpoint: DPCheckpoint | None = None, resume: bool = False, progress: bool = False) -> DepthResult:
     """Fill the DP table of ``objective`` for depths ``min_depth..N`` (the top ``keep_last`` layers stay)."""
     n_layers = objective.num_layers
     check_depth_range(n_layers, min_depth, keep_last)
-    if beam < 1:
-        raise ValueError(f"the DP beam must be at least 1 (1 is the paper's DP), got {beam}")
+    check_beam(beam)
     most = n_layers - min_depth                         # layers removed at the smallest depth
     higher = objective.higher_is_better
     state = checkpoint.load() if (checkpoint is not None and resume) else None
@@ -129,11 +134,13 @@ def depth_dp(objective, *, min_depth: int, keep_last: int = 0, beam: int = 1,
 
 
 def _best(candidates: list, beam: int, higher: bool) -> list:
-    """The ``beam`` best candidates; a stable sort keeps "keep" options (listed first) ahead on ties, NaN last."""
-    def key(candidate):
-        metric = candidate[1]
-        return (math.isnan(metric), -metric if higher else metric)
-    return sorted(candidates, key=key)[:beam]
+    """The ``beam`` best candidates by ``better``; the sort is stable, so "keep" options (listed first) stay
+    ahead on ties."""
+    def compare(a, b) -> int:
+        if better(a[1], b[1], higher_is_better=higher):
+            return -1
+        return 1 if better(b[1], a[1], higher_is_better=higher) else 0
+    return sorted(candidates, key=functools.cmp_to_key(compare))[:beam]
 
 
 def dp_evaluation_count(num_layers: int, min_depth: int, keep_last: int = 0, beam: int = 1) -> int:

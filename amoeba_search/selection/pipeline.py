@@ -12,7 +12,7 @@ from amoeba_search.selection.calibration import (METRICS, MultipleChoiceMetric, 
                                                  lm_eval_items, load_mc_items, spread_blocks)
 from amoeba_search.selection.depth_baselines import (angular_layers, drop_last_layers, hidden_similarity,
                                                      ppl_rank_layers, score_layer_sets, shortgpt_layers)
-from amoeba_search.selection.depth_dp import DepthResult, DPCheckpoint, check_depth_range, depth_dp
+from amoeba_search.selection.depth_dp import DepthResult, DPCheckpoint, check_beam, check_depth_range, depth_dp
 from amoeba_search.selection.objective import CACHE_MODES, ModelObjective
 from amoeba_search.selection.strategy import SelectionStrategy
 from amoeba_search.selection.width import WIDTH_METRICS, width_orders
@@ -52,8 +52,7 @@ class SelectionSettings:
         check_metric_name(self.metric)
         _choose("width metric", self.width_metric, WIDTH_METRICS)
         _choose("cache mode", self.cache, CACHE_MODES)
-        if self.beam < 1:
-            raise ValueError(f"the DP beam must be at least 1 (1 is the paper's DP), got {self.beam}")
+        check_beam(self.beam)
         if self.samples < 1 or self.batch_size < 1:
             raise ValueError(f"samples and batch size must be positive, got {self.samples} and {self.batch_size}")
         if self.seq_len < 2:
@@ -116,8 +115,7 @@ def select_strategy(supernet, tokenizer, fingerprint: dict, settings: SelectionS
             ckpt = DPCheckpoint(checkpoint, {"fingerprint": fingerprint.get("weights_sha256"),
                                              "dims": fingerprint.get("dims"), **settings.to_dict()})
         depth = depth_dp(objective, min_depth=settings.min_depth, keep_last=settings.keep_last, beam=settings.beam,
-                         checkpoint=ckpt,
-                         resume=resume, progress=progress)
+                         checkpoint=ckpt, resume=resume, progress=progress)
     else:
         if settings.method in ("shortgpt", "angular"):
             sims = hidden_similarity(supernet, metric.batches(), progress=progress)
