@@ -30,8 +30,13 @@ def fallback_layers(depth: int, num_layers: int = 30) -> list[int]:
 
 
 def _shown(path: Path) -> str:
-    path = path.resolve()
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+    """A path as results record it: relative to the repository, or to ``$AMOEBA_CACHE``, not to this machine."""
+    from amoeba_search.paths import cache_dir
+
+    path, cache = path.resolve(), cache_dir().resolve()
+    if path.is_relative_to(ROOT):
+        return str(path.relative_to(ROOT))
+    return f"$AMOEBA_CACHE/{path.relative_to(cache)}" if path.is_relative_to(cache) else str(path)
 
 
 def markdown_table(result: dict) -> str:
@@ -100,6 +105,11 @@ def main() -> None:
         print(f"evaluating {label} on {len(tasks)} tasks (limit {args.limit}) ...", flush=True)
         record = evaluate_tasks(loaded, None, tasks, shape=shape, layers=layers, limit=args.limit,
                                 batch_size=args.batch_size, ppl_blocks=args.ppl_blocks)
+        if record.get("strategy"):
+            record["strategy"] = _shown(Path(record["strategy"]))
+        for task in record["tasks"].values():
+            if task.get("data_file"):
+                task["data_file"] = _shown(Path(task["data_file"]))
         subnets.append({"label": label, "layers_from": how, "record": record})
         print(f"  done in {record['wall_s']:.0f} s", flush=True)
 
