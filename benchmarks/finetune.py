@@ -12,7 +12,8 @@ smallest of the search space, before fine-tuning and after each variant, all at 
 
 Targets: every shape improves with the full method, the smallest by at least 30% in perplexity, and the full
 method has the best mean log-perplexity over the shapes. Each variant's run directory is resumable (kill and
-re-run the same command); results are written to ``benchmarks/results/finetune.json`` after every variant.
+re-run the same command); results are written to ``benchmarks/results/finetune.json`` after every variant,
+beside the variants already there from a run with the same settings.
 
     python benchmarks/finetune.py            # ~50 min on 2 CPU cores with the defaults
 """
@@ -129,7 +130,8 @@ def main(argv=None) -> int:
         "settings": {"train": {"data": args.data, "split": "train", "seq_len": args.seq_len, "blocks": len(train),
                                "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
                                "warmup_steps": args.warmup_steps, "random_shapes_per_step": args.random_shapes,
-                               "tokens_per_subnet_step": args.batch_size * args.seq_len},
+                               "tokens_per_subnet_step": args.batch_size * args.seq_len, "seed": args.seed,
+                               "experts": args.experts, "top_k": args.top_k},
                      "eval": {"data": args.data, "split": "eval", "seq_len": args.eval_seq_len,
                               "blocks": args.eval_blocks, "tokens": args.eval_blocks * (args.eval_seq_len - 1)},
                      "search_space": {"depths": [space.depths[0], space.depths[-1]],
@@ -137,8 +139,8 @@ def main(argv=None) -> int:
         "machine": {"cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]},
         "command": "python benchmarks/finetune.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "variants": {},
     }
+    results["variants"] = _earlier_variants(args.results, results, set(args.variants.split(",")))
     log("held-out perplexity before fine-tuning")
     start = time.perf_counter()
     results["before"] = evaluate(loaded, shapes, eval_blocks)
@@ -177,7 +179,7 @@ def main(argv=None) -> int:
             "train_wall_s_this_run": round(train_s, 1),
             "train_elapsed_s_logged": rows[-1]["elapsed_s"] if rows else None,
             "loss_first_last": {k: [rows[0][k], rows[-1][k]] for k in ("loss_largest", "loss_smallest", "loss_random")},
-            "run_dir": os.path.relpath(run_dir, ROOT),
+            "run_dir": os.path.relpath(run_dir, ROOT), "command": results["command"],
         }
         for shape in after:
             log(f"  {name} {shape}: {results['before'][shape]:.2f} -> {after[shape]:.2f} ({change[shape]:+.1f}%)")
@@ -186,9 +188,20 @@ def main(argv=None) -> int:
     return 0
 
 
+def _earlier_variants(path: Path, results: dict, rerun: set[str]) -> dict:
+    """The variants already in ``path`` from a run with the same model, strategy and settings, except those
+    run again: the ablation can be run one variant at a time into one file."""
+    if not path.is_file():
+        return {}
+    earlier = json.loads(path.read_text())
+    same = all(earlier.get(k) == json.loads(json.dumps(results[k])) for k in ("model", "strategy", "settings"))
+    return {k: v for k, v in earlier.get("variants", {}).items() if k not in rerun} if same else {}
+
+
 def _finish(results: dict, shapes, path: Path) -> None:
     before_mean = sum(math.log(v) for v in results["before"].values()) / len(results["before"])
     results["before_mean_log_ppl"] = round(before_mean, 4)
+    results["variants"] = dict(sorted(results["variants"].items(), key=lambda kv: VARIANTS.index(kv[0])))
     full = results["variants"].get("smol")
     if full is not None:
         smallest = str(min(shapes))
