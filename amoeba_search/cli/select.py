@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="DP: layer sets kept per table cell; 1 is the paper's DP, B costs about B times the "
                              "evaluations and misses fewer layers that only pay off removed together "
                              "(default: %(default)s)")
+    parser.add_argument("--bias-compensation", action="store_true",
+                        help="store every down_proj / o_proj input's calibration mean, so that reduced widths add "
+                             "the removed channels' mean output as a bias (FLAP); needs --width-metric flap or "
+                             "activation, and exports need a LLaMA model")
     parser.add_argument("--batch-size", type=int, default=4, help="calibration blocks per forward (default: %(default)s)")
     parser.add_argument("--cache", default="tree", help="DP prefix caching: tree, row, none (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random width metric (default: %(default)s)")
@@ -64,8 +68,9 @@ def canonical_command(args) -> str:
     if args.min_depth is not None:
         parts += ["--min-depth", str(args.min_depth)]
     parts += ["--keep-last", str(args.keep_last), "--beam", str(args.beam), "--batch-size", str(args.batch_size),
-              "--cache", args.cache, "--seed", str(args.seed), "--out", str(args.out)]
-    return shlex.join(parts)
+              "--cache", args.cache, "--seed", str(args.seed)]
+    parts += ["--bias-compensation"] if args.bias_compensation else []
+    return shlex.join(parts + ["--out", str(args.out)])
 
 
 def main(argv=None) -> int:
@@ -89,12 +94,13 @@ def main(argv=None) -> int:
             raise FileNotFoundError(f"nothing to resume: {ckpt} does not exist; run without --resume")
         result = select_strategy(loaded.supernet, loaded.tokenizer, loaded.fingerprint, settings,
                                  checkpoint=ckpt, resume=args.resume, progress=not args.json,
-                                 command=canonical_command(args))
+                                 command=canonical_command(args), bias_compensation=args.bias_compensation)
         result.strategy.save(args.out)
         ckpt.unlink(missing_ok=True)
         strategy = result.strategy
         summary = {"out": str(args.out), "method": settings.method, "metric": settings.metric,
-                   "width_metric": settings.width_metric, "depths": strategy.depths,
+                   "width_metric": settings.width_metric, "bias_compensation": args.bias_compensation,
+                   "depths": strategy.depths,
                    "depth_layers": {str(d): strategy.depth_layers[d] for d in strategy.depths},
                    "depth_metric": {str(d): strategy.depth_metric.get(d) for d in strategy.depths},
                    **result.report}

@@ -220,7 +220,10 @@ class SMoLAdapter(nn.Module):
                 for name in self.config.targets:
                     linear = _target(supernet.layers[index], name)
                     saved[(index, name)] = linear.weight.data.clone()
-                    linear.weight.data += self.experts[_key(index, name)].merged_delta(weights, self.config.scaling)
+                    delta = self.experts[_key(index, name)].merged_delta(weights, self.config.scaling)
+                    # only the slice the subnet runs: the rest is never trained, and bias compensation reads it
+                    rows, cols = linear.active_out, linear.active_in
+                    linear.weight.data[:rows, :cols] += delta[:rows, :cols]
             yield supernet
         finally:
             for (index, name), original in saved.items():

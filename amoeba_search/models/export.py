@@ -32,6 +32,12 @@ def export_subnet(supernet: Supernet, shape: SubnetShape, out_dir: str | Path, *
     config = subnet_config(supernet.base_config, shape, supernet.active_layers)
     config.architectures = [type(supernet.model).__name__]
     config.dtype = str(next(supernet.model.parameters()).dtype).removeprefix("torch.")
+    flags = {k: v for k, v in supernet.compensated_biases().items() if v}
+    if flags and config.model_type != "llama":
+        raise ValueError(f"a subnet with bias compensation exports only as a LLaMA checkpoint (mlp_bias / "
+                         f"attention_bias); this is {config.model_type!r}: use a strategy without channel_means")
+    for flag in flags:
+        setattr(config, flag, True)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         save_file(supernet.subnet_state_dict(), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         config.save_pretrained(tmp)

@@ -56,8 +56,9 @@ class LoadedSupernet:
 
 def open_supernet(spec: str = DEFAULT_MODEL, strategy: str | Path | None = None,
                   adapter: str | Path | None = None) -> LoadedSupernet:
-    """Load ``spec``, check ``strategy`` was made for it, order widths by the strategy's importance and, with
-    ``adapter`` (an amoeba-finetune output), add the fine-tuned SMoL adapter to every forward pass."""
+    """Load ``spec``, check ``strategy`` was made for it, order widths by the strategy's importance (and turn
+    on bias compensation when the strategy stores channel means) and, with ``adapter`` (an amoeba-finetune
+    output), add the fine-tuned SMoL adapter to every forward pass."""
     chosen = None if strategy is None else SelectionStrategy.load(strategy)  # fail fast, before the weights
     model, tokenizer = load_model(spec)
     fingerprint = model_fingerprint(model, name=spec)
@@ -65,7 +66,8 @@ def open_supernet(spec: str = DEFAULT_MODEL, strategy: str | Path | None = None,
         chosen.check_model(fingerprint)
     supernet = Supernet(model,
                         ffn_orders=chosen.ffn_orders if chosen else None,
-                        head_orders=chosen.head_orders if chosen else None)
+                        head_orders=chosen.head_orders if chosen else None,
+                        channel_means=chosen.channel_means if chosen else None)
     provenance = {"source_model": spec, "source_fingerprint": fingerprint}
     if strategy is not None:
         provenance["strategy"] = str(strategy)

@@ -49,22 +49,27 @@ class SlicedLinear(nn.Linear):
     """``nn.Linear`` whose forward uses only the first ``active_out`` rows and ``active_in`` columns.
 
     Installed by swapping the class of an existing layer, so parameter names and storage are unchanged.
+    ``compensation`` (FLAP bias compensation, set by the supernet) is added to the output like a bias.
     """
 
     active_in: int | None = None
     active_out: int | None = None
+    compensation: torch.Tensor | None = None
 
     @classmethod
     def convert(cls, layer: nn.Linear) -> "SlicedLinear":
         layer.__class__ = cls
-        layer.active_in = layer.active_out = None
+        layer.active_in = layer.active_out = layer.compensation = None
         return layer
 
     def active_weight(self) -> torch.Tensor:
         return self.weight[: self.active_out, : self.active_in]  # a view, never a copy
 
     def active_bias(self) -> torch.Tensor | None:
-        return None if self.bias is None else self.bias[: self.active_out]
+        bias = None if self.bias is None else self.bias[: self.active_out]
+        if self.compensation is not None:
+            bias = self.compensation if bias is None else bias + self.compensation
+        return bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.active_weight(), self.active_bias())
@@ -84,7 +89,8 @@ class Supernet:
     """Wrap ``model`` (modified in place) so that ``set_active(shape, layers)`` selects a subnet."""
 
     def __init__(self, model, *, ffn_orders: Sequence[Sequence[int]] | None = None,
-                 head_orders: Sequence[Sequence[Sequence[int]]] | None = None):
+                 head_orders: Sequence[Sequence[Sequence[int]]] | None = None,
+                 channel_means: dict[str, Sequence[Sequence[float]]] | None = None):
         check_supported(model.config)
         self.model = model
         self.base_config = copy.deepcopy(model.config)
@@ -109,6 +115,8 @@ class Supernet:
         # HF layout is group-major; move every layer to rank-major with identity ranking.
         self._reorder_heads([identity_heads] * n, from_hf=True)
         self.set_order(ffn_orders=ffn_orders, head_orders=head_orders)
+        self.channel_means: dict[str, list[torch.Tensor]] | None = None
+        self.set_channel_means(channel_means)
         self.active_shape: SubnetShape | None = None
         self.active_layers: tuple[int, ...] = ()
         self.set_active(self.full_shape())
@@ -159,6 +167,38 @@ class Supernet:
             _permute_cols(layer.self_attn.o_proj, rows)
             self.head_index[i] = target.clone()
 
+    def set_channel_means(self, means: dict[str, Sequence[Sequence[float]]] | None) -> None:
+        """Turn FLAP bias compensation on with per-layer input means of down_proj (``"ffn"``) and o_proj
+        (``"attn"``) in ORIGINAL indices (a strategy's ``channel_means``), or off with ``None``.
+
+        At a reduced width, each kept layer's down_proj / o_proj then adds the mean output of the channels the
+        width removes, ``W[:, removed] @ mean[removed]``, as a bias (FLAP, An et al. 2024).
+        """
+        if means is None:
+            self.channel_means = None
+        else:
+            n, width = self.dims.num_layers, {"ffn": self.dims.ffn_size, "attn": self.dims.num_heads * self.dims.head_dim}
+            dtype = self.layers[0].mlp.down_proj.weight.dtype
+            tensors = {k: [torch.as_tensor(row, dtype=torch.float64) for row in means[k]] for k in width}
+            if any(len(tensors[k]) != n or any(t.shape != (w,) for t in tensors[k]) for k, w in width.items()):
+                raise ValueError(f"channel means must be {n} x {width['ffn']} (ffn) and {n} x {width['attn']} (attn)")
+            self.channel_means = {k: [t.to(dtype) for t in v] for k, v in tensors.items()}
+        if getattr(self, "active_shape", None) is not None:
+            self.set_active(self.active_shape, self.active_layers)
+
+    def _compensation(self, index: int, kind: str, keep: int) -> torch.Tensor | None:
+        """W[:, keep:] @ mean[keep:] in the current physical order, or None when nothing is removed."""
+        layer = self.layers[index]
+        linear = layer.mlp.down_proj if kind == "ffn" else layer.self_attn.o_proj
+        if self.channel_means is None or keep >= linear.in_features:
+            return None
+        mean = self.channel_means[kind][index]
+        if kind == "ffn":
+            physical = mean[self.ffn_index[index]]
+        else:  # physical head position p holds original head head_index[p]
+            physical = mean.view(self.dims.num_heads, -1)[self.head_index[index]].reshape(-1)
+        return linear.weight.data[:, keep:] @ physical[keep:]
+
     # -- the active subnet ---------------------------------------------------------------------------
 
     def set_active(self, shape: SubnetShape, layers: Sequence[int] | None = None) -> None:
@@ -180,6 +220,8 @@ class Supernet:
             attn, mlp = layer.self_attn, layer.mlp
             mlp.gate_proj.active_out = mlp.up_proj.active_out = mlp.down_proj.active_in = channels
             attn.q_proj.active_out = attn.o_proj.active_in = q_width
+            mlp.down_proj.compensation = self._compensation(index, "ffn", channels)
+            attn.o_proj.compensation = self._compensation(index, "attn", q_width)
             attn.num_key_value_groups = g
             attn.layer_idx = position  # KV-cache slot of the shortened stack
         config = self.model.config
@@ -194,8 +236,18 @@ class Supernet:
 
     # -- weights of the active subnet, in a standard layout ------------------------------------------
 
+    def compensated_biases(self) -> dict[str, bool]:
+        """Which bias flags a standard checkpoint of the active subnet needs for its bias compensation:
+        ``{"mlp_bias": ..., "attention_bias": ...}`` (HF LLaMA sets them for all projections of a kind)."""
+        kept = [self.layers[i] for i in self.active_layers]
+        return {"mlp_bias": any(layer.mlp.down_proj.compensation is not None for layer in kept),
+                "attention_bias": any(layer.self_attn.o_proj.compensation is not None for layer in kept)}
+
     def subnet_state_dict(self) -> dict[str, torch.Tensor]:
-        """Contiguous copies of the active subnet's weights, named and laid out as a standard HF model."""
+        """Contiguous copies of the active subnet's weights, named and laid out as a standard HF model.
+
+        With bias compensation active, the compensated kind's projections all get a bias (zeros except
+        down_proj / o_proj), as ``compensated_biases`` tells the config."""
         shape = self.active_shape
         kv, g, hd = self.dims.num_kv_heads, shape.heads_per_group(self.dims), self.dims.head_dim
         # Rank-major position r*kv+k -> group-major k*g+r, the layout plain HF attention expects.
@@ -220,6 +272,17 @@ class Supernet:
                     elif owner_name.endswith("o_proj") and leaf == "weight":
                         tensor = tensor[:, rows]
                 out[prefix + pname] = tensor.detach().contiguous().clone()
+            flags = self.compensated_biases()
+            for flag, owner, names in (("mlp_bias", layer.mlp, ("gate_proj", "up_proj", "down_proj")),
+                                       ("attention_bias", layer.self_attn, ("q_proj", "k_proj", "v_proj", "o_proj"))):
+                for name in names if flags[flag] else ():
+                    linear = getattr(owner, name)
+                    key = f"{prefix}{'mlp' if owner is layer.mlp else 'self_attn'}.{name}.bias"
+                    if key not in out:  # no bias parameter: the compensation, or zeros (never permuted rows)
+                        bias = linear.active_bias()
+                        if bias is None:
+                            bias = torch.zeros(linear.active_out or linear.out_features, dtype=linear.weight.dtype)
+                        out[key] = bias.detach().contiguous().clone()
         if getattr(self.base_config, "tie_word_embeddings", False):
             out.pop("lm_head.weight", None)
         return out

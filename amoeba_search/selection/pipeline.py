@@ -87,6 +87,18 @@ def calibration_metric(settings: SelectionSettings, tokenizer):
                                 batch_size=settings.batch_size)
 
 
+BIAS_NOT_STORED = ("not stored: LLaMA projections have no bias; "
+                   "amoeba_search.selection.width.bias_compensation computes it per width")
+BIAS_STORED = ("stored as channel_means: at every reduced width the supernet adds the removed channels' mean "
+               "output to down_proj / o_proj as a bias, and exports it as one")
+
+
+def channel_means(stats) -> dict[str, list[list[float]]]:
+    """The strategy's ``channel_means`` from channel statistics, at float32 precision (short JSON)."""
+    return {kind: [[float(f"{v:.7g}") for v in row.tolist()] for row in rows]
+            for kind, rows in (("ffn", stats.ffn_mean), ("attn", stats.attn_mean))}
+
+
 @dataclass
 class SelectionRun:
     strategy: SelectionStrategy
@@ -96,10 +108,17 @@ class SelectionRun:
 
 def select_strategy(supernet, tokenizer, fingerprint: dict, settings: SelectionSettings, *,
                     checkpoint: str | Path | None = None, resume: bool = False, progress: bool = False,
-                    command: str | None = None) -> SelectionRun:
-    """Depth by ``settings.method`` and width orders by ``settings.width_metric``, as one strategy."""
+                    command: str | None = None, bias_compensation: bool = False) -> SelectionRun:
+    """Depth by ``settings.method`` and width orders by ``settings.width_metric``, as one strategy.
+
+    ``bias_compensation``: also store the calibration mean of every down_proj / o_proj input, so that every
+    reduced width of the strategy's supernet adds the removed channels' mean output as a bias (FLAP).
+    """
     n = supernet.dims.num_layers
     settings = settings.checked(n)
+    if bias_compensation and settings.width_metric not in ("flap", "activation"):
+        raise ValueError(f"bias compensation needs channel statistics, which width metric "
+                         f"{settings.width_metric!r} does not collect; use width metric flap or activation")
     metric = calibration_metric(settings, tokenizer)
     t0 = time.perf_counter()
     ffn_orders, head_orders, stats = width_orders(supernet, metric.batches(), settings.width_metric,
@@ -149,9 +168,9 @@ def select_strategy(supernet, tokenizer, fingerprint: dict, settings: SelectionS
         extra={"method": settings.method, "metric_description": METRICS[settings.metric],
                "evaluations": depth.evaluations,
                "width": {"metric": settings.width_metric, "tokens": None if stats is None else stats.tokens,
-                         "bias_compensation": "not stored: LLaMA projections have no bias; "
-                                              "amoeba_search.selection.width.bias_compensation computes it per width"},
-               **extra})
+                         "bias_compensation": BIAS_STORED if bias_compensation else BIAS_NOT_STORED},
+               **extra},
+        channel_means=channel_means(stats) if bias_compensation else None)
     strategy.validate()
     report = {"width_seconds": t_width, "depth_seconds": t_depth, **objective.counters(),
               "evaluations_total": depth.evaluations, "resumed_from_row": depth.resumed_from_row}

@@ -40,6 +40,9 @@ class SelectionStrategy:
     head_orders: list[list[list[int]]] | None = None          # per layer, per KV group: heads ranked in group
     calibration: dict[str, Any] = field(default_factory=dict) # source, samples, seq_len, metric, ...
     extra: dict[str, Any] = field(default_factory=dict)       # method details worth keeping
+    # FLAP bias compensation (optional): per layer, the mean over calibration tokens of every down_proj input
+    # ("ffn", F values) and o_proj input ("attn", H*head_dim values), ORIGINAL indices.
+    channel_means: dict[str, list[list[float]]] | None = None
 
     def layers_for(self, depth: int) -> list[int]:
         if depth not in self.depth_layers:
@@ -74,6 +77,13 @@ class SelectionStrategy:
                                                  for g in self.head_orders):
                 raise ValueError(f"head_orders must hold, for each of {n} layers and {kv} KV groups, "
                                  f"a permutation of 0..{group - 1}")
+        if self.channel_means is not None:
+            width = {"ffn": ffn, "attn": dims["num_heads"] * dims["head_dim"]}
+            if (set(self.channel_means) != set(width) or any(
+                    len(self.channel_means[k]) != n or any(len(row) != w for row in self.channel_means[k])
+                    for k, w in width.items())):
+                raise ValueError(f"channel_means must hold 'ffn' ({n} x {width['ffn']}) and "
+                                 f"'attn' ({n} x {width['attn']}) means")
 
     def check_model(self, fingerprint: dict[str, Any]) -> None:
         """Raise ``StrategyMismatchError`` unless ``fingerprint`` is the model this strategy was made for."""
@@ -97,6 +107,8 @@ class SelectionStrategy:
             "ffn_orders": self.ffn_orders,
             "head_orders": self.head_orders,
             "extra": self.extra,
+            # only when present, so strategies without it keep their digest
+            **({"channel_means": self.channel_means} if self.channel_means is not None else {}),
         }
 
     def digest(self) -> str:
@@ -118,6 +130,7 @@ class SelectionStrategy:
                 head_orders=data.get("head_orders"),
                 calibration=data.get("calibration", {}),
                 extra=data.get("extra", {}),
+                channel_means=data.get("channel_means"),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ValueError(f"malformed strategy file: {err!r}") from err

@@ -18,9 +18,10 @@ group), so keeping the top g of every group is always valid grouped-query attent
 Everything is in the ORIGINAL model's indices, whatever order the supernet is in now (``Supernet.ffn_index``
 and ``head_index`` map its current positions back).
 
-Bias compensation (FLAP): LLaMA-style projections have no bias, so the Supernet view cannot carry one; instead
-:func:`bias_compensation` returns, for a given width, the mean contribution of the removed channels as a bias
-per layer, and :func:`add_output_biases` applies it with forward hooks. Strategies do not store it.
+Bias compensation (FLAP): :func:`bias_compensation` returns, for a given width, the mean contribution of the
+removed channels as a bias per layer, and :func:`add_output_biases` applies it with forward hooks. A strategy
+made with ``amoeba-select --bias-compensation`` stores the channel means instead, and the Supernet view then
+adds the same biases at every reduced width (``Supernet.set_channel_means``) and exports them.
 """
 from __future__ import annotations
 

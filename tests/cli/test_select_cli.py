@@ -89,6 +89,7 @@ def test_resume_continues_from_the_checkpoint(model_dir, calib, tmp_path, capsys
     (["--width-metric", "magnitud"], "did you mean 'magnitude'"),
     (["--keep-last", "5"], "keep-last"),
     (["--beam", "0"], "beam must be at least 1"),
+    (["--width-metric", "magnitude", "--bias-compensation"], "use width metric flap or activation"),
     (["--resume"], "nothing to resume"),
 ])
 def test_bad_input_is_one_line_with_exit_code_2(model_dir, calib, tmp_path, capsys, extra, message):
@@ -118,3 +119,19 @@ def test_existing_output_needs_overwrite(model_dir, calib, tmp_path, capsys):
     out.write_text("{}")
     assert select_cli.main(_args(model_dir, calib, out)) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_bias_compensation_is_stored_and_exported(model_dir, calib, tmp_path, capsys):
+    out = tmp_path / "s.json"
+    assert select_cli.main(_args(model_dir, calib, out, "--bias-compensation", "--json")) == 0
+    assert json.loads(capsys.readouterr().out)["bias_compensation"] is True
+    strategy = SelectionStrategy.load(out)
+    assert strategy.channel_means is not None and "--bias-compensation" in strategy.calibration["command"]
+
+    from transformers import AutoConfig
+
+    from amoeba_search.cli import export as export_cli
+    assert export_cli.main(["--model", str(model_dir), "--shape", "d4-f0.5-h1", "--strategy", str(out),
+                            "--out", str(tmp_path / "sub")]) == 0
+    config = AutoConfig.from_pretrained(tmp_path / "sub")
+    assert config.mlp_bias and not config.attention_bias

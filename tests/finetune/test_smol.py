@@ -115,6 +115,26 @@ def test_merged_export_matches_the_adapter_forward(tmp_path, shape, layers):
     assert str(adapter_dir) in provenance
 
 
+def test_merged_export_with_bias_compensation_matches_the_adapter_forward(tmp_path):
+    from amoeba_search.selection.pipeline import channel_means
+    from amoeba_search.selection.width import width_orders
+    from tests.selection.test_width import _batches
+
+    loaded = tiny_loaded()
+    supernet = loaded.supernet
+    *_, stats = width_orders(supernet, _batches(), "flap")
+    supernet.set_channel_means(channel_means(stats))
+    loaded.adapter = _randomized(SMoLAdapter(supernet, SMALL)).attach().eval()
+    shape, layers = SubnetShape(4, 0.5, 2 / 3), [0, 2, 4, 5]
+    loaded.export(shape, tmp_path / "export", layers=layers)
+    ids = torch.randint(3, 259, (2, 20))
+    supernet.set_active(shape, layers)
+    with torch.no_grad():
+        with_adapter = supernet(input_ids=ids).logits
+        exported = AutoModelForCausalLM.from_pretrained(tmp_path / "export").eval()(input_ids=ids).logits
+    assert exported.isfinite().all() and torch.allclose(exported, with_adapter, atol=1e-4)
+
+
 def test_merging_restores_the_supernet_weights():
     loaded = tiny_loaded()
     adapter = _randomized(SMoLAdapter(loaded.supernet, SMALL)).attach()

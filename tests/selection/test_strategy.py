@@ -97,3 +97,29 @@ def test_digest_names_the_content_not_the_file(tmp_path):
     blocks = torch.randint(3, 259, (2, 16))
     settings = perplexity_oracle(loaded, blocks, data_settings={}).settings
     assert settings["strategy"] == strategy.digest()
+
+
+def test_bias_compensation_stores_channel_means_that_round_trip(calib_text, tmp_path):
+    plain = _run(calib_text).strategy
+    model = tiny_model()
+    settings = SelectionSettings(calib=str(calib_text), split="train", samples=4, seq_len=24, min_depth=3,
+                                 batch_size=2)
+    strategy = select_strategy(Supernet(model), tiny_tokenizer(), model_fingerprint(tiny_model(), "tiny"), settings,
+                               command="x", bias_compensation=True).strategy
+    assert "channel_means" not in plain.to_dict()  # an absent key keeps the digest of older strategies
+    assert strategy.depth_layers == plain.depth_layers and strategy.ffn_orders == plain.ffn_orders
+    means = strategy.channel_means
+    assert len(means["ffn"]) == 6 and len(means["ffn"][0]) == 64 and len(means["attn"][0]) == 6 * 8
+    assert strategy.digest() != plain.digest()
+    path = tmp_path / "s.json"
+    strategy.save(path)
+    assert SelectionStrategy.load(path).to_dict() == strategy.to_dict()
+    broken = json.loads(path.read_text())
+    broken["channel_means"]["attn"][1].pop()
+    path.write_text(json.dumps(broken))
+    with pytest.raises(ValueError, match="channel_means must hold"):
+        SelectionStrategy.load(path)
+    with pytest.raises(ValueError, match="use width metric flap or activation"):
+        select_strategy(Supernet(tiny_model()), tiny_tokenizer(), {}, SelectionSettings(
+            calib=str(calib_text), split="train", samples=4, seq_len=24, min_depth=3, width_metric="magnitude"),
+            bias_compensation=True)
