@@ -11,6 +11,10 @@ document set, for the default model (SmolLM2-135M, 30 layers):
   DP (depths ``--timing-min-depth``..30, ``--timing-samples`` blocks) and the cached modes on exactly the same
   reduced settings; for the full DP the layer / head passes of every mode are counted.
 
+Stages run on their own into an existing results file (``--stages``): ``beam`` (the DP widened to a beam),
+``strategies`` (shapes of depth and width together under the committed strategy and under a beam-4 strategy
+with stored channel means, each with and without bias compensation).
+
 It also writes the committed strategy (``profiles/smollm2-135m/strategy.json``: DP + FLAP, min depth 15) and
 records the command that reproduces it. Deterministic apart from wall times. Results go to
 ``benchmarks/results/selection.json``; a markdown table is printed.
@@ -43,6 +47,7 @@ from amoeba_search.selection.depth_baselines import (angular_layers, drop_last_l
 from amoeba_search.selection.depth_dp import DPCheckpoint, depth_dp  # noqa: E402
 from amoeba_search.selection.objective import ModelObjective  # noqa: E402
 from amoeba_search.selection.pipeline import SelectionSettings, calibration_metric, select_strategy  # noqa: E402
+from amoeba_search.selection.strategy import SelectionStrategy  # noqa: E402
 from amoeba_search.selection.width import (add_output_biases, bias_compensation, channel_statistics,  # noqa: E402
                                            importance_scores, orders_from_scores)
 from amoeba_search.shapes import SubnetShape  # noqa: E402
@@ -77,8 +82,15 @@ def parse_args(argv=None):
     p.add_argument("--investigate-samples", type=int, default=16,
                    help="calibration blocks for re-scoring the layer sets of depths where the DP lost")
     p.add_argument("--stages", default="all",
-                   help="all, or a comma list of timing,costmodel,investigate,beam to update an existing --out file")
+                   help="all, or a comma list of timing,costmodel,investigate,beam,strategies to update an existing "
+                        "--out file")
     p.add_argument("--beam", type=int, default=4, help="beam of the widened DP (stage beam)")
+    p.add_argument("--compare-strategy", type=Path, default=ROOT / "profiles/smollm2-135m/strategy-beam4.json",
+                   help="stage strategies: a strategy with channel_means (amoeba-select --beam 4 --bias-compensation) "
+                        "scored beside the committed one, with and without its bias compensation")
+    p.add_argument("--compare-shapes", default="d24-f1-h1,d30-f1-h0.667,d26-f0.875-h1,d22-f0.75-h0.667,"
+                                               "d18-f0.625-h0.667,d15-f0.5-h0.333",
+                   help="stage strategies: shapes scored on held-out text")
     p.add_argument("--beam-min-depth", type=int, default=24,
                    help="smallest depth of the widened DP (stage beam; its cost grows fast with depth removed)")
     return p.parse_args(argv)
@@ -342,6 +354,29 @@ def run_beam(supernet, tok, args, results) -> None:
     ckpt.remove()
 
 
+def run_strategies(args, results) -> None:
+    """Held-out perplexity of ``--compare-shapes`` under the committed strategy and ``--compare-strategy``,
+    each with and without bias compensation (the channel means come from ``--compare-strategy``; they depend
+    only on the model and the calibration blocks, which both strategies share)."""
+    other = SelectionStrategy.load(args.compare_strategy)
+    if other.channel_means is None:
+        raise SystemExit(f"{args.compare_strategy} has no channel_means; make it with amoeba-select --bias-compensation")
+    shapes = [SubnetShape.parse(s) for s in args.compare_shapes.split(",")]
+    out = {"strategies": {"committed": str(_relative(args.strategy_out)), "compared": str(_relative(args.compare_strategy))},
+           "compared_command": other.calibration.get("command"), "shapes": {}}
+    for label, path in (("committed", args.strategy_out), ("compared", args.compare_strategy)):
+        loaded = open_supernet(args.model, path)
+        sets = heldout_sets(args, loaded.tokenizer)
+        for bias in (False, True):
+            loaded.supernet.set_channel_means(other.channel_means if bias else None)
+            for shape in shapes:
+                loaded.activate(shape)
+                row = out["shapes"].setdefault(str(shape), {})
+                row[label + ("+bias" if bias else "")] = heldout_ppl(loaded.supernet, sets, args.batch_size)
+                log(f"{shape} {label}{' +bias' if bias else ''}: {row[label + ('+bias' if bias else '')]}")
+    results["strategies"] = out
+
+
 def run_investigation(supernet, tok, args, results) -> None:
     """Where the DP lost: the calibration ppl of every method's layers on many more calibration blocks."""
     n = supernet.dims.num_layers
@@ -407,6 +442,11 @@ def update(args) -> int:
         results["settings"].update(beam=args.beam, beam_min_depth=args.beam_min_depth)
         run_beam(loaded.supernet, loaded.tokenizer, args, results)
         save()
+    if "strategies" in stages:
+        results["settings"].update(compare_strategy=str(_relative(args.compare_strategy)),
+                                   compare_shapes=args.compare_shapes)
+        run_strategies(args, results)
+        save()
     if "investigate" in stages:
         results["settings"].update(investigate_samples=args.investigate_samples)
         run_investigation(loaded.supernet, loaded.tokenizer, args, results)
@@ -461,6 +501,15 @@ def markdown(results) -> str:
                       f"tokens ({inv['samples']} blocks): " +
                   "; ".join(f"depth {d}: " + ", ".join(f"{m} {v:.2f}" for m, v in row.items())
                             for d, row in inv["depths"].items())]
+    if "strategies" in results:
+        cmp = results["strategies"]
+        labels = list(next(iter(cmp["shapes"].values())))
+        lines += ["", f"Strategies ({cmp['strategies']['committed']} vs {cmp['strategies']['compared']}), held-out "
+                      f"ppl {' / '.join(names)}:", "", "| shape | " + " | ".join(labels) + " |",
+                  "|---|" + "---|" * len(labels)]
+        for shape, row in cmp["shapes"].items():
+            lines.append(f"| {shape} | " + " | ".join(" / ".join(f"{row[k][s]:.1f}" for s in names) for k in labels)
+                         + " |")
     lines += ["", "Targets: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in results["targets"].items())]
     return "\n".join(lines)
 
