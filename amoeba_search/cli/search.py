@@ -108,7 +108,6 @@ def main(argv=None) -> int:
                 if wanted is not None and getattr(table, name) != wanted:
                     raise ValueError(f"{table_path} is a table for {name} {getattr(table, name)!r}, not {wanted!r}; "
                                      f"pass the table measured for it (amoeba-profile --device D --flow F)")
-        args.device = args.device or "cpu"
         if args.export_best is not None and args.export_best.exists():
             raise FileExistsError(f"{args.export_best} already exists; choose another --export-best")
         if args.storage:
@@ -120,9 +119,10 @@ def main(argv=None) -> int:
             from amoeba_search.profiling.devices import get_device
             from amoeba_search.profiling.roofline import RooflineEstimator
 
-            table = RooflineEstimator(get_device(args.device), config)
-            latency_source = f"roofline estimate for {args.device} from its spec sheet (not a measurement)"
-            device, flow, dtype = args.device, "roofline", table.settings["dtype"]
+            device = args.device or "cpu"  # --table with --roofline leaves it unset
+            table = RooflineEstimator(get_device(device), config)
+            latency_source = f"roofline estimate for {device} from its spec sheet (not a measurement)"
+            flow, dtype = "roofline", table.settings["dtype"]
         else:
             table.check_model(model_fingerprint(args.model, config))
             latency_source = f"lookup table {table_path.name} ({table.flow} on {table.device}, measured)"
