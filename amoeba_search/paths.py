@@ -16,6 +16,12 @@ def cache_dir(*parts: str) -> Path:
     return path
 
 
+def portable_path(path: str | os.PathLike) -> str:
+    """``path`` as files meant for other machines record it: ``$AMOEBA_CACHE/...`` inside the cache."""
+    path, cache = Path(path).resolve(), cache_dir().resolve()
+    return f"$AMOEBA_CACHE/{path.relative_to(cache)}" if path.is_relative_to(cache) else str(path)
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str | os.PathLike, *, overwrite: bool = False):
     """Yield a temporary directory beside ``final`` that is renamed to ``final`` only on success.

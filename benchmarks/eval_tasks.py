@@ -31,12 +31,10 @@ def fallback_layers(depth: int, num_layers: int = 30) -> list[int]:
 
 def _shown(path: Path) -> str:
     """A path as results record it: relative to the repository, or to ``$AMOEBA_CACHE``, not to this machine."""
-    from amoeba_search.paths import cache_dir
+    from amoeba_search.paths import portable_path
 
-    path, cache = path.resolve(), cache_dir().resolve()
-    if path.is_relative_to(ROOT):
-        return str(path.relative_to(ROOT))
-    return f"$AMOEBA_CACHE/{path.relative_to(cache)}" if path.is_relative_to(cache) else str(path)
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else portable_path(path)
 
 
 def markdown_table(result: dict) -> str:

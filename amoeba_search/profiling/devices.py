@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterable
 
 from amoeba_search.errors import AmoebaError
+from amoeba_search.paths import atomic_write_text, portable_path
 from amoeba_search.profiling.machine import MachineInfo, measure_matmul_tflops, measure_memory_bandwidth
 
 KINDS = ("cpu", "nvidia-gpu", "jetson")
@@ -195,10 +196,9 @@ def measured_cpu_spec(base: DeviceSpec, machine: MachineInfo, *, refresh: bool =
         flops = measure_matmul_tflops()
         data = {"bandwidth": bandwidth, "tflops": flops, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "loadavg_1min": round(max(load_before, os.getloadavg()[0]), 2), "machine": machine.summary()}
-        from amoeba_search.paths import atomic_write_text
         atomic_write_text(path, json.dumps(data, indent=2))
     bw = data["bandwidth"]
-    source = {"document": "measured on this machine", "url": f"file://{path}",
+    source = {"document": "measured on this machine", "url": portable_path(path),
               "note": f"{bw['method']}: read {bw['read_gbs']} GB/s, copy {bw['copy_gbs']} GB/s; matmul "
                       f"TFLOP/s {data['tflops']}; {data['measured_at']}, load average {data['loadavg_1min']}"}
     return dataclasses.replace(
