@@ -1,6 +1,5 @@
 import json
 
-import numpy as np
 import pytest
 
 from amoeba_search.search.job import BudgetError, run_job, write_outputs
