@@ -43,7 +43,7 @@ from amoeba_search.shapes import SubnetShape  # noqa: E402
 
 SHAPES = ("d30-f1-h1", "d26-f0.875-h1", "d22-f0.75-h0.667", "d18-f0.625-h0.667", "d15-f0.5-h0.333")
 ABLATION = ("smol", "single-lora", "smol-no-balance")  # the ablation, run by default
-VARIANTS = (*ABLATION, "smol-no-noise")
+VARIANTS = (*ABLATION, "smol-no-noise", "smol-paper-noise")
 
 
 def log(message: str) -> None:
@@ -85,6 +85,8 @@ def variant_settings(name: str, args, rank: int) -> tuple[SMoLConfig, dict]:
         return SMoLConfig(args.experts, args.top_k, rank, 2.0 * rank), {"balance": False}
     if name == "smol-no-noise":  # the gate routes each shape deterministically while training too
         return SMoLConfig(args.experts, args.top_k, rank, 2.0 * rank, noise=False), {"balance": True}
+    if name == "smol-paper-noise":  # the gate noise's initial std as Shazeer et al. start it: softplus(0)
+        return SMoLConfig(args.experts, args.top_k, rank, 2.0 * rank, noise_std=math.log(2)), {"balance": True}
     raise ValueError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
 
 

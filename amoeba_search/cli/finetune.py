@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--top-k", type=int, default=2, help="experts mixed per shape (default 2)")
     a.add_argument("--rank", type=int, help="LoRA rank (default: 64 scaled from hidden size 4096 to the model's)")
     a.add_argument("--alpha", type=float, help="LoRA alpha (default: 2 x rank)")
+    a.add_argument("--gate-noise", type=float, default=0.1,
+                   help="initial std of the gate's learned routing noise while training (default 0.1)")
     parser.add_argument("--json", action="store_true", help="print a machine-readable summary at the end")
     return parser
 
@@ -70,7 +72,8 @@ def main(argv=None) -> int:
         loaded = open_supernet(args.model, args.strategy)
         dims = loaded.supernet.dims
         r = args.rank or default_rank(dims)
-        smol = SMoLConfig(num_experts=args.experts, top_k=args.top_k, rank=r, alpha=args.alpha or 2.0 * r)
+        smol = SMoLConfig(num_experts=args.experts, top_k=args.top_k, rank=r, alpha=args.alpha or 2.0 * r,
+                          noise_std=args.gate_noise)
         space = loaded.space(min_depth=args.min_depth if args.min_depth else
                              (None if loaded.strategy is not None else dims.num_layers))
         device = _device(args.device, rank)

@@ -53,12 +53,16 @@ class SMoLConfig:
     alpha: float = 16.0
     targets: tuple[str, ...] = TARGETS
     noise: bool = True            # noisy top-k while training
+    noise_std: float = 0.1        # the gate noise's initial std (learned from there; Shazeer et al. start at 0.69)
 
     def __post_init__(self):
         if self.num_experts < 1 or not 1 <= self.top_k <= self.num_experts:
             raise ValueError(f"need 1 <= top_k <= experts, got top_k={self.top_k}, experts={self.num_experts}")
         if self.rank < 1 or self.alpha <= 0:
             raise ValueError(f"LoRA rank and alpha must be positive, got rank={self.rank}, alpha={self.alpha}")
+        if not self.noise_std > 0:
+            raise ValueError(f"the gate's initial noise std must be positive, got {self.noise_std} "
+                             "(to route without noise, set noise=False)")
         unknown = sorted(set(self.targets) - set(TARGETS))
         if unknown or not self.targets:
             raise ValueError(f"unknown LoRA target(s) {unknown}; choose from {', '.join(TARGETS)}")
@@ -79,9 +83,15 @@ def order_digest(supernet: Supernet) -> str:
 
 
 class ShapeGate(nn.Module):
-    """Noisy top-k gate over experts whose input is the shape: a kept-layer mask plus the width ratios."""
+    """Noisy top-k gate over experts whose input is the shape: a kept-layer mask plus the width ratios.
 
-    def __init__(self, num_layers: int, num_experts: int, top_k: int, *, noise: bool = True):
+    The noise std is softplus(W_noise x + b), learned; b starts at softplus^-1(noise_std). Shazeer et al.'s zero
+    init (std 0.69) is larger than the spread of the initial routing logits (std ~0.1 * sqrt(kept layers) ~ 0.5),
+    so it would route almost at random while the experts are still being formed.
+    """
+
+    def __init__(self, num_layers: int, num_experts: int, top_k: int, *, noise: bool = True,
+                 noise_std: float = 0.1):
         super().__init__()
         self.num_layers, self.top_k, self.noisy = num_layers, top_k, noise
         self.route = nn.Linear(num_layers + 2, num_experts)
@@ -89,7 +99,7 @@ class ShapeGate(nn.Module):
         nn.init.normal_(self.route.weight, std=0.1)  # distinct shapes start with distinct (tie-free) routes
         nn.init.zeros_(self.route.bias)
         nn.init.zeros_(self.noise.weight)
-        nn.init.zeros_(self.noise.bias)
+        nn.init.constant_(self.noise.bias, math.log(math.expm1(noise_std)))  # softplus(bias) = noise_std
 
     def features(self, shape: SubnetShape, layers: Sequence[int]) -> torch.Tensor:
         x = torch.zeros(self.num_layers + 2)
@@ -141,7 +151,8 @@ class SMoLAdapter(nn.Module):
         self.order = order_digest(supernet)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.gate = ShapeGate(self.dims.num_layers, config.num_experts, config.top_k, noise=config.noise)
+            self.gate = ShapeGate(self.dims.num_layers, config.num_experts, config.top_k, noise=config.noise,
+                                  noise_std=config.noise_std)
             self.experts = nn.ModuleDict()
             for index, layer in enumerate(supernet.layers):
                 for name in config.targets:

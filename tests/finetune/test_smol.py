@@ -32,6 +32,19 @@ def test_config_rejects_bad_settings():
         SMoLConfig(num_experts=2, top_k=3)
     with pytest.raises(ValueError, match="unknown LoRA target"):
         SMoLConfig(targets=("q_proj", "qkv"))
+    with pytest.raises(ValueError, match="noise std must be positive"):
+        SMoLConfig(noise_std=0.0)
+
+
+@pytest.mark.parametrize("noise_std", [0.1, 0.69])
+def test_gate_noise_starts_at_the_configured_std(noise_std):
+    loaded = tiny_loaded()
+    adapter = SMoLAdapter(loaded.supernet, SMoLConfig(num_experts=4, top_k=2, rank=4, alpha=8.0,
+                                                       noise_std=noise_std)).train()
+    loaded.activate(SubnetShape(4, 0.75, 2 / 3))
+    gate = adapter.gate
+    features = gate.features(loaded.supernet.active_shape, loaded.supernet.active_layers)
+    assert torch.allclose(torch.nn.functional.softplus(gate.noise(features)), torch.tensor(noise_std))
 
 
 def test_gate_routes_by_shape_and_is_deterministic_in_eval():
