@@ -30,6 +30,7 @@ def test_cli_trains_resumes_and_the_adapter_feeds_export_and_search_inputs(tmp_p
 @pytest.mark.parametrize("extra, message", [
     (["--top-k", "9"], "top_k"),
     (["--steps", "0"], "steps must be >= 1"),
+    (["--gate-noise", "0"], "noise std must be positive"),
     (["--data", "nowhere.txt"], "nowhere.txt"),
     (["--device", "cuda:3"] if not torch.cuda.is_available() else ["--top-k", "9"], "no CUDA device"
      if not torch.cuda.is_available() else "top_k"),
@@ -40,6 +41,7 @@ def test_bad_input_is_one_line(tmp_path, capsys, extra, message):
     if "--data" in extra:
         args[args.index("--data") + 1] = extra[1]
         extra = []
+    capsys.readouterr()  # drop what writing the inputs printed (transformers' save progress bars)
     code = finetune_cli.main(args + extra)
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err
