@@ -1,8 +1,10 @@
 """Small helpers shared by the runtime flow plugins (llamacpp, ort, openvino, tensorrt-llm, mlc)."""
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import importlib.util
+import inspect
 import json
 import os
 import random
@@ -135,3 +137,19 @@ def time_requests(request_ms, settings, extra: dict):
             decode.append(max(whole - first, 0.0) / settings.decode_tokens)
     return Measurement(prefill_ms=prefill, decode_ms_per_token=decode,
                        extra=dict(extra, method="max_tokens=1 vs max_tokens=N+1 requests"))
+
+
+def forward_with_cache(model, cache, **inputs):
+    """One forward of a HF causal LM that reads and extends the KV ``cache``: ``(output, cache)``.
+
+    transformers 5.x renamed the argument and output field ``past_key_values`` to ``cache`` (the old name is
+    deprecated and goes in 5.40), so the name is read from the model's own signature, once per model class.
+    """
+    name = _cache_argument(type(model))
+    out = model(**inputs, **{name: cache}, use_cache=True)
+    return out, getattr(out, name)
+
+
+@functools.cache
+def _cache_argument(model_class) -> str:
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"

@@ -56,9 +56,9 @@ def _export_ir(checkpoint: Path, out: Path, compress_to_fp16: bool) -> None:
                 k, v = past[2 * i][beam_idx], past[2 * i + 1][beam_idx]
                 layer.lazy_initialization(k, v)
                 layer.keys, layer.values = k, v
-            out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          past_key_values=cache, use_cache=True, logits_to_keep=1)  # last position only
-            present = [t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)]
+            out, cache = _common.forward_with_cache(self.lm, cache, input_ids=input_ids, logits_to_keep=1,
+                                                    attention_mask=attention_mask, position_ids=position_ids)
+            present = [t for layer in cache.layers for t in (layer.keys, layer.values)]
             return (out.logits, *present)
 
     past_len, new = 2, 3  # example shapes only; every sequence dimension is dynamic

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from amoeba_search.profiling.flows._common import peak_growth, reset_peak_rss, rss_bytes
+from amoeba_search.profiling.flows._common import forward_with_cache, peak_growth, reset_peak_rss, rss_bytes
 from amoeba_search.profiling.flows.base import FlowUnavailable, Measurement, MeasureSettings
 
 _DTYPES = ("fp32", "bf16", "fp16")
@@ -118,15 +118,13 @@ class TorchFlow:
         cache = DynamicCache(config=model.config)
         self._sync(handle)
         t0 = time.perf_counter()
-        out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out, cache = forward_with_cache(model, cache, input_ids=ids, logits_to_keep=1)
         token = out.logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
         self._sync(handle)
         t1 = time.perf_counter()
-        cache = out.past_key_values
         steps, last = [], t1
         for _ in range(decode_tokens):
-            out = model(input_ids=token, past_key_values=cache, use_cache=True, logits_to_keep=1)
-            cache = out.past_key_values
+            out, cache = forward_with_cache(model, cache, input_ids=token, logits_to_keep=1)
             token = out.logits[:, -1].argmax(-1, keepdim=True)
             if self.step_sync:
                 self._sync(handle)
