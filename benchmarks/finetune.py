@@ -8,7 +8,9 @@ smallest of the search space, before fine-tuning and after each variant, all at 
   distillation, loss-magnitude balancing;
 - ``single-lora``: one LoRA shared by every shape (T=1) at the same *active* rank as the SMoL mixture
   (rank x top-k), so it has as many trainable weights per forward pass; balancing and distillation on;
-- ``smol-no-balance``: the full method with loss-magnitude balancing off.
+- ``smol-no-balance``: the full method with loss-magnitude balancing off;
+- optional, not run by default: ``smol-no-noise`` (deterministic routing while training too) and
+  ``smol-paper-noise`` (the gate noise starting at Shazeer et al.'s std softplus(0) = 0.69 instead of 0.1).
 
 Targets: every shape improves with the full method, the smallest by at least 30% in perplexity, and the full
 method has the best mean log-perplexity over the shapes. Each variant's run directory is resumable (kill and
