@@ -90,8 +90,7 @@ class ShapeGate(nn.Module):
     so it would route almost at random while the experts are still being formed.
     """
 
-    def __init__(self, num_layers: int, num_experts: int, top_k: int, *, noise: bool = True,
-                 noise_std: float = 0.1):
+    def __init__(self, num_layers: int, num_experts: int, top_k: int, *, noise: bool, noise_std: float):
         super().__init__()
         self.num_layers, self.top_k, self.noisy = num_layers, top_k, noise
         self.route = nn.Linear(num_layers + 2, num_experts)

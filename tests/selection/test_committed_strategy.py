@@ -26,6 +26,8 @@ def test_committed_strategy_covers_depths_15_to_30(loaded):
     assert strategy.calibration["method"] == "dp" and strategy.calibration["width_metric"] == "flap"
     command = shlex.split(strategy.calibration["command"])
     assert command[0] == "amoeba-select" and strategy.calibration["min_depth"] == 15
+    if "--min-depth" in command:  # the beam-4 file used the default, half the layers
+        assert command[command.index("--min-depth") + 1] == "15"
     assert strategy.calibration.get("beam", 1) == STRATEGIES[Path(loaded.strategy_path).name]
     metrics = [strategy.depth_metric[d] for d in strategy.depths]
     assert metrics == sorted(metrics, reverse=True)  # fewer layers, higher calibration perplexity
@@ -37,8 +39,9 @@ def test_recorded_calibration_metric_reproduces(loaded):
 
     strategy = loaded.strategy
     keys = ("method", "metric", "calib", "split", "samples", "seq_len", "min_depth", "keep_last", "width_metric",
-            "seed", "batch_size", "cache", "beam")
-    settings = SelectionSettings(**{k: strategy.calibration[k] for k in keys if k in strategy.calibration})
+            "seed", "batch_size", "cache")
+    settings = SelectionSettings(**{k: strategy.calibration[k] for k in keys},
+                                 beam=strategy.calibration.get("beam", 1))  # files from before --beam have none
     metric = calibration_metric(settings, loaded.tokenizer)
     loaded.activate(SubnetShape(24))
     assert metric(loaded.supernet) == pytest.approx(strategy.depth_metric[24], rel=1e-4)
