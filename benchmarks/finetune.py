@@ -15,7 +15,8 @@ smallest of the search space, before fine-tuning and after each variant, all at 
 Targets: every shape improves with the full method, the smallest by at least 30% in perplexity, and the full
 method has the best mean log-perplexity over the shapes. Each variant's run directory is resumable (kill and
 re-run the same command); results are written to ``benchmarks/results/finetune.json`` after every variant,
-beside the variants already there from a run with the same settings.
+beside the variants already there from a run with the same settings (the file is re-read at each write, so
+variants may run at the same time in separate processes).
 
     python benchmarks/finetune.py            # ~50 min on 2 CPU cores with the defaults
 """
@@ -144,7 +145,8 @@ def main(argv=None) -> int:
                     "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]},
         "command": "python benchmarks/finetune.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
-    results["variants"] = _earlier_variants(args.results, results, set(args.variants.split(",")))
+    mine = set(args.variants.split(","))
+    results["variants"] = {}
     log("held-out perplexity before fine-tuning")
     start = time.perf_counter()
     results["before"] = evaluate(loaded, shapes, eval_blocks)
@@ -187,7 +189,7 @@ def main(argv=None) -> int:
         }
         for shape in after:
             log(f"  {name} {shape}: {results['before'][shape]:.2f} -> {after[shape]:.2f} ({change[shape]:+.1f}%)")
-        _finish(results, shapes, args.results)
+        _finish(results, shapes, args.results, mine)
     print(markdown(results))
     return 0
 
@@ -202,7 +204,11 @@ def _earlier_variants(path: Path, results: dict, rerun: set[str]) -> dict:
     return {k: v for k, v in earlier.get("variants", {}).items() if k not in rerun} if same else {}
 
 
-def _finish(results: dict, shapes, path: Path) -> None:
+def _finish(results: dict, shapes, path: Path, mine: set[str]) -> None:
+    # Read the file again at each write, not once at the start: variants run by other processes at the same
+    # time (one per core) land beside ours instead of being overwritten.
+    results["variants"] = {**_earlier_variants(path, results, mine),
+                           **{k: v for k, v in results["variants"].items() if k in mine}}
     before_mean = sum(math.log(v) for v in results["before"].values()) / len(results["before"])
     results["before_mean_log_ppl"] = round(before_mean, 4)
     results["variants"] = dict(sorted(results["variants"].items(), key=lambda kv: VARIANTS.index(kv[0])))
