@@ -9,8 +9,9 @@ smallest of the search space, before fine-tuning and after each variant, all at 
 - ``single-lora``: one LoRA shared by every shape (T=1) at the same *active* rank as the SMoL mixture
   (rank x top-k), so it has as many trainable weights per forward pass; balancing and distillation on;
 - ``smol-no-balance``: the full method with loss-magnitude balancing off;
-- optional, not run by default: ``smol-no-noise`` (deterministic routing while training too) and
-  ``smol-paper-noise`` (the gate noise starting at Shazeer et al.'s std softplus(0) = 0.69 instead of 0.1).
+- optional, not run by default: ``smol-no-noise`` (deterministic routing while training too),
+  ``smol-paper-noise`` (the gate noise starting at Shazeer et al.'s std softplus(0) = 0.69 instead of 0.1) and
+  ``smol-uncentred-gate`` (the gate reads the raw kept-layer mask and ratios, not centred on the space's mean).
 
 Targets: every shape improves with the full method, the smallest by at least 30% in perplexity, and the full
 method has the best mean log-perplexity over the shapes. Each variant's run directory is resumable (kill and
@@ -46,7 +47,7 @@ from amoeba_search.shapes import SubnetShape  # noqa: E402
 
 SHAPES = ("d30-f1-h1", "d26-f0.875-h1", "d22-f0.75-h0.667", "d18-f0.625-h0.667", "d15-f0.5-h0.333")
 ABLATION = ("smol", "single-lora", "smol-no-balance")  # the issue's ablation, run by default
-VARIANTS = (*ABLATION, "smol-no-noise", "smol-paper-noise")
+VARIANTS = (*ABLATION, "smol-no-noise", "smol-paper-noise", "smol-uncentred-gate")
 
 
 def log(message: str) -> None:
@@ -79,7 +80,8 @@ def parse_args(argv=None):
 
 
 def variant_settings(name: str, args, rank: int) -> tuple[SMoLConfig, dict]:
-    if name == "smol":
+    """The variant's adapter settings and its overrides of the training settings."""
+    if name in ("smol", "smol-uncentred-gate"):
         return SMoLConfig(args.experts, args.top_k, rank, 2.0 * rank), {"balance": True}
     if name == "single-lora":
         active = rank * args.top_k
@@ -156,10 +158,12 @@ def main(argv=None) -> int:
 
     for name in args.variants.split(","):
         smol, train_overrides = variant_settings(name, args, rank)
+        centred = name != "smol-uncentred-gate"
         config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                              warmup_steps=args.warmup_steps, num_random=args.random_shapes, seed=args.seed,
                              checkpoint_every=10, **train_overrides)
-        adapter = SMoLAdapter(loaded.supernet, smol, seed=args.seed)
+        adapter = SMoLAdapter(loaded.supernet, smol, seed=args.seed,
+                              center_on=loaded.routes(space) if centred else None)
         run_dir = args.runs / name
         trainer = Trainer(loaded, adapter, train, config, run_dir, space,
                           run_info={"model": args.model, "strategy": args.strategy, "variant": name})
@@ -179,7 +183,7 @@ def main(argv=None) -> int:
         change = {s: round(100 * (after[s] - results["before"][s]) / results["before"][s], 2) for s in after}
         results["variants"][name] = {
             "adapter": {**adapter.describe()["config"], "trainable_parameters": adapter.describe()["trainable_parameters"]},
-            "balance": train_overrides["balance"], "distill": True,
+            "balance": train_overrides["balance"], "distill": True, "gate_input_centred": centred,
             "after": after, "ppl_change_pct": change,
             "mean_log_ppl": round(sum(math.log(v) for v in after.values()) / len(after), 4),
             "train_wall_s_this_run": round(train_s, 1),

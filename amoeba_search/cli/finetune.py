@@ -78,7 +78,7 @@ def main(argv=None) -> int:
                              (None if loaded.strategy is not None else dims.num_layers))
         device = _device(args.device, rank)
         loaded.supernet.model.to(device)
-        adapter = SMoLAdapter(loaded.supernet, smol, seed=args.seed).to(device)
+        adapter = SMoLAdapter(loaded.supernet, smol, seed=args.seed, center_on=loaded.routes(space)).to(device)
         data = load_training_data(args.data, loaded.tokenizer, seq_len=args.seq_len,
                                   max_examples=args.max_examples, split=args.split)
         trainer = Trainer(loaded, adapter, data, train, args.out, space,

@@ -39,6 +39,10 @@ class LoadedSupernet:
             kwargs["min_depth"] = min(self.strategy.depth_layers)
         return SearchSpace.default(self.supernet.dims, **kwargs)
 
+    def routes(self, space: SearchSpace) -> list[tuple[SubnetShape, list[int] | None]]:
+        """Every shape of ``space`` with its kept layers (what an adapter's gate is centred on)."""
+        return [(shape, self.layers_for(shape)) for shape in space]
+
     def activate(self, shape: SubnetShape) -> None:
         self.supernet.set_active(shape, self.layers_for(shape))
 

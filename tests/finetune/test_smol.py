@@ -2,7 +2,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from amoeba_search.finetune.smol import AdapterMismatchError, SMoLAdapter, SMoLConfig, default_rank
+from amoeba_search.finetune.smol import AdapterMismatchError, ShapeGate, SMoLAdapter, SMoLConfig, default_rank
 from amoeba_search.models.session import open_supernet
 from amoeba_search.models.supernet import Supernet
 from amoeba_search.shapes import ModelDims, SubnetShape
@@ -174,3 +174,49 @@ def test_load_rejects_another_model_or_order(tmp_path):
     with pytest.raises(FileNotFoundError, match="not an adapter directory"):
         SMoLAdapter.load(tmp_path, loaded.supernet)
     assert SMoLAdapter.load(tmp_path / "a", loaded.supernet).config == SMALL
+
+
+def _nested_routes(num_layers=30, min_depth=15):
+    """A DP-like space: each shallower depth drops one more middle layer; widths as SmolLM2's search space."""
+    order = [l for pair in zip(range(14, 2, -1), range(15, 27)) for l in pair]  # middle layers first
+    routes = []
+    for depth in range(min_depth, num_layers + 1):
+        removed = set(order[:num_layers - depth])
+        layers = [l for l in range(num_layers) if l not in removed]
+        for f in (0.5, 0.625, 0.75, 0.875, 1.0):
+            for h in (1 / 3, 2 / 3, 1.0):
+                routes.append((SubnetShape(depth, f, h), layers))
+    return routes
+
+
+def test_centred_gate_input_spreads_the_initial_routes_over_the_experts():
+    routes = _nested_routes()
+    for seed in range(3):
+        counts = {}
+        for centred in (False, True):
+            torch.manual_seed(seed)
+            gate = ShapeGate(30, 5, 2, noise=True, noise_std=0.1).eval()
+            if centred:
+                gate.center.copy_(torch.stack([gate.raw_features(s, l) for s, l in routes]).mean(0))
+            use = torch.zeros(5)
+            for shape, layers in routes:
+                use += (gate(gate.features(shape, layers)) > 0).float()
+            counts[centred] = use
+        n = len(routes)  # each route holds 2 of 5 experts: a balanced gate puts each in 40% of them
+        assert counts[False].max() >= 0.8 * n and counts[False].min() < 0.1 * n   # uncentred: near collapse
+        assert counts[True].max() <= 0.65 * n and counts[True].min() >= 0.2 * n
+
+
+def test_adapter_centres_its_gate_on_the_given_routes_and_keeps_the_centre_on_load(tmp_path):
+    loaded = tiny_loaded()
+    routes = loaded.routes(loaded.space())
+    adapter = SMoLAdapter(loaded.supernet, SMALL, center_on=routes).eval()
+    mean = torch.stack([adapter.gate.features(s, l) for s, l in routes]).mean(0)
+    assert torch.allclose(mean, torch.zeros_like(mean), atol=1e-6)
+    assert not torch.equal(adapter.gate.center, torch.zeros_like(adapter.gate.center))
+    adapter.save(tmp_path / "a")
+    again = SMoLAdapter.load(tmp_path / "a", loaded.supernet)
+    assert torch.equal(again.gate.center, adapter.gate.center)
+    for shape, _ in routes[:5]:
+        loaded.activate(shape)
+        assert torch.equal(again.expert_weights(), adapter.expert_weights())
