@@ -1,7 +1,7 @@
 """Where the SMoL gate sends the shapes of the search space, at initialization and after fine-tuning.
 
-For each fine-tuning run directory (the ``--runs`` of ``benchmarks/finetune.py`` or the ``--out`` of
-``amoeba-finetune``), reads the final adapter's gate and counts, over every shape of the search space (with the
+For each fine-tuning run directory (``<--runs>/<variant>`` of ``benchmarks/finetune.py`` or the ``--out`` of
+``amoeba-finetune``) or checkpoint of one, reads the final adapter's gate and counts, over every shape of the search space (with the
 strategy's layers), in how many eval-mode top-k routes each expert appears, the mean weight it gets, and how many
 distinct expert sets are used; the same for the gate as the run's seed initialized it. A balanced gate puts each
 of T experts in k/T of the routes; a collapsed one puts one expert in all of them, and the mixture then acts as
@@ -40,6 +40,15 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def _adapter_files(run: Path) -> tuple[Path, Path] | None:
+    """(adapter directory, run.json) of a run directory (its final adapter) or of one of its checkpoints
+    (``<run>/checkpoints/step-N``); None when ``run`` is neither."""
+    directory, run_file = run / "adapter", run / "run.json"
+    if (run / ADAPTER_CONFIG).is_file():
+        directory, run_file = run, run.parent.parent / "run.json"
+    return (directory, run_file) if (directory / ADAPTER_CONFIG).is_file() and run_file.is_file() else None
+
+
 @torch.no_grad()
 def usage(gate, routes) -> dict:
     """Eval-mode routing statistics of ``gate`` over ``routes`` ((shape, layers) pairs)."""
@@ -57,33 +66,35 @@ def usage(gate, routes) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    found = [_adapter_files(run) for run in args.runs]
+    for run, files in zip(args.runs, found):
+        if files is None:
+            print(f"error: {run} is neither a finished fine-tuning run nor one of its checkpoints "
+                  f"(no {ADAPTER_CONFIG} with a run.json)", file=sys.stderr)
+            return 2
     loaded = open_supernet(args.model, args.strategy)
     routes = loaded.routes(loaded.space())
     results = {"claim": "where the shape gate routes the search space's shapes (collapse vs spread)",
                "model": args.model, "strategy": os.path.relpath(args.strategy, ROOT),
                "command": "python benchmarks/gate_routes.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-               "runs": {}}
-    for run in args.runs:
-        directory = run / "adapter"
-        if not (directory / ADAPTER_CONFIG).is_file():
-            print(f"error: {run} holds no final adapter ({directory / ADAPTER_CONFIG}); pass a finished run",
-                  file=sys.stderr)
-            return 2
+               "runs": {}}  # keyed by run or checkpoint directory
+    for run, (directory, run_file) in zip(args.runs, found):
         record = json.loads((directory / ADAPTER_CONFIG).read_text())
         config = SMoLConfig(**dict(record["config"], targets=tuple(record["config"]["targets"])))
         tensors = {k[len("gate."):]: v for k, v in load_file(str(directory / ADAPTER_WEIGHTS)).items()
                    if k.startswith("gate.")}
         centred = "center" in tensors and bool(tensors["center"].any())
-        seed = json.loads((run / "run.json").read_text()).get("train", {}).get("seed", 0)
+        seed = json.loads(run_file.read_text()).get("train", {}).get("seed", 0)
         initial = SMoLAdapter(loaded.supernet, config, seed=seed, center_on=routes if centred else None).gate
         trained = SMoLAdapter(loaded.supernet, config, seed=seed).gate
         tensors.setdefault("center", torch.zeros_like(trained.center))  # schema 2: no centre
         trained.load_state_dict(tensors)
-        entry = results["runs"][run.name] = {
-            "run_dir": os.path.relpath(run, ROOT), "adapter_schema": record["schema_version"],
+        name = os.path.relpath(run, ROOT)
+        entry = results["runs"][name] = {
+            "adapter_schema": record["schema_version"],
             "experts": config.num_experts, "top_k": config.top_k, "gate_input_centred": centred,
             "step": record.get("step"), "initial": usage(initial, routes), "trained": usage(trained, routes)}
-        print(f"{run.name}: centred={centred}, expert use in {len(routes)} routes: initial "
+        print(f"{name}: centred={centred}, expert use in {len(routes)} routes: initial "
               f"{entry['initial']['expert_in_routes']}, trained {entry['trained']['expert_in_routes']}")
     atomic_write_text(args.results, json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.results}")
