@@ -147,7 +147,7 @@ def main(argv=None) -> int:
                     "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]},
         "command": "python benchmarks/finetune.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
-    mine = set(args.variants.split(","))
+    names = args.variants.split(",")
     results["variants"] = {}
     log("held-out perplexity before fine-tuning")
     start = time.perf_counter()
@@ -156,7 +156,7 @@ def main(argv=None) -> int:
     for shape, ppl in results["before"].items():
         log(f"  {shape}: {ppl:.2f}")
 
-    for name in args.variants.split(","):
+    for name in names:
         smol, train_overrides = variant_settings(name, args, rank)
         centred = name != "smol-uncentred-gate"
         config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
@@ -193,7 +193,7 @@ def main(argv=None) -> int:
         }
         for shape in after:
             log(f"  {name} {shape}: {results['before'][shape]:.2f} -> {after[shape]:.2f} ({change[shape]:+.1f}%)")
-        _finish(results, shapes, args.results, mine)
+        _finish(results, shapes, args.results, set(names))
     print(markdown(results))
     return 0
 

@@ -13,6 +13,7 @@ was not centred).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -86,7 +87,7 @@ def main(argv=None) -> int:
         centred = "center" in tensors and bool(tensors["center"].any())
         seed = json.loads(run_file.read_text()).get("train", {}).get("seed", 0)
         initial = SMoLAdapter(loaded.supernet, config, seed=seed, center_on=routes if centred else None).gate
-        trained = SMoLAdapter(loaded.supernet, config, seed=seed).gate
+        trained = copy.deepcopy(initial)
         tensors.setdefault("center", torch.zeros_like(trained.center))  # schema 2: no centre
         trained.load_state_dict(tensors)
         name = os.path.relpath(run, ROOT)

@@ -115,6 +115,11 @@ class ShapeGate(nn.Module):
     def features(self, shape: SubnetShape, layers: Sequence[int] | None) -> torch.Tensor:
         return self.raw_features(shape, layers).to(self.route.weight) - self.center
 
+    @torch.no_grad()
+    def center_on(self, routes: Sequence[tuple[SubnetShape, Sequence[int] | None]]) -> None:
+        """Set ``center`` to the mean raw features of ``routes`` ((shape, kept layers) pairs)."""
+        self.center.copy_(torch.stack([self.raw_features(s, l) for s, l in routes]).mean(0))
+
     def forward(self, features: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Dense expert weights (T,): softmax over the top-k logits, zero elsewhere."""
         logits = self.route(features)
@@ -167,7 +172,7 @@ class SMoLAdapter(nn.Module):
             self.gate = ShapeGate(self.dims.num_layers, config.num_experts, config.top_k, noise=config.noise,
                                   noise_std=config.noise_std)
             if center_on:
-                self.gate.center.copy_(torch.stack([self.gate.raw_features(s, l) for s, l in center_on]).mean(0))
+                self.gate.center_on(center_on)
             self.experts = nn.ModuleDict()
             for index, layer in enumerate(supernet.layers):
                 for name in config.targets:
@@ -302,7 +307,8 @@ class SMoLAdapter(nn.Module):
             raise ValueError(f"{config_path}: not a SMoL adapter")
         if record.get("schema_version") != SCHEMA_VERSION:
             raise ValueError(f"{config_path}: a schema-{record.get('schema_version')} SMoL adapter, this version reads "
-                             f"schema {SCHEMA_VERSION} (the mixture's scale or the gate's input changed); run amoeba-finetune again")
+                             f"schema {SCHEMA_VERSION} (the mixture's scale or the gate's input changed); "
+                             "run amoeba-finetune again")
         if record["dims"] != supernet.dims.to_dict():
             raise AdapterMismatchError(f"the adapter in {directory} was trained for another model "
                                        f"({record['dims']}); pass the model it was trained on")

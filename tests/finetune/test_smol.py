@@ -197,7 +197,7 @@ def test_centred_gate_input_spreads_the_initial_routes_over_the_experts():
             torch.manual_seed(seed)
             gate = ShapeGate(30, 5, 2, noise=True, noise_std=0.1).eval()
             if centred:
-                gate.center.copy_(torch.stack([gate.raw_features(s, l) for s, l in routes]).mean(0))
+                gate.center_on(routes)
             use = torch.zeros(5)
             for shape, layers in routes:
                 use += (gate(gate.features(shape, layers)) > 0).float()
