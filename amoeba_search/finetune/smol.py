@@ -31,6 +31,7 @@ from amoeba_search.paths import atomic_dir
 from amoeba_search.shapes import ModelDims, SubnetShape
 
 SCHEMA_VERSION = 3  # 2: the mixture is scaled by top_k (see SMoLConfig.scaling); 3: the gate's input is centred
+READABLE_SCHEMAS = (2, 3)
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter.json"
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -305,9 +306,10 @@ class SMoLAdapter(nn.Module):
         record = json.loads(config_path.read_text())
         if record.get("kind") != "smol-adapter":
             raise ValueError(f"{config_path}: not a SMoL adapter")
-        if record.get("schema_version") != SCHEMA_VERSION:
-            raise ValueError(f"{config_path}: a schema-{record.get('schema_version')} SMoL adapter, this version reads "
-                             f"schema {SCHEMA_VERSION} (the mixture's scale or the gate's input changed); "
+        schema = record.get("schema_version")
+        if schema not in READABLE_SCHEMAS:
+            raise ValueError(f"{config_path}: a schema-{schema} SMoL adapter, this version reads schemas "
+                             f"{', '.join(map(str, READABLE_SCHEMAS))} (the mixture's scale changed in schema 2); "
                              "run amoeba-finetune again")
         if record["dims"] != supernet.dims.to_dict():
             raise AdapterMismatchError(f"the adapter in {directory} was trained for another model "
@@ -317,7 +319,10 @@ class SMoLAdapter(nn.Module):
                                        "pass the --strategy it was trained with")
         config = dict(record["config"], targets=tuple(record["config"]["targets"]))
         adapter = cls(supernet, SMoLConfig(**config))
-        adapter.load_state_dict(load_file(str(directory / ADAPTER_WEIGHTS)))
+        state = load_file(str(directory / ADAPTER_WEIGHTS))
+        if schema == 2:  # its gate read the uncentred shape: the same as a zero centre
+            state.setdefault("gate.center", torch.zeros_like(adapter.gate.center))
+        adapter.load_state_dict(state)
         return adapter.eval()
 
 

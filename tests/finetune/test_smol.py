@@ -220,3 +220,27 @@ def test_adapter_centres_its_gate_on_the_given_routes_and_keeps_the_centre_on_lo
     for shape, _ in routes[:5]:
         loaded.activate(shape)
         assert torch.equal(again.expert_weights(), adapter.expert_weights())
+
+
+def test_a_schema_2_adapter_loads_with_its_uncentred_gate_and_older_ones_are_refused(tmp_path):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    loaded = tiny_loaded()
+    adapter = _randomized(SMoLAdapter(loaded.supernet, SMALL)).eval()  # uncentred: what schema 2 computed
+    adapter.save(tmp_path / "a")
+    config, weights = tmp_path / "a" / "adapter.json", tmp_path / "a" / "adapter.safetensors"
+    record = json.loads(config.read_text())
+    config.write_text(json.dumps({**record, "schema_version": 2}))
+    state = load_file(str(weights))
+    del state["gate.center"]  # schema 2 had no centre
+    save_file(state, str(weights))
+    old = SMoLAdapter.load(tmp_path / "a", loaded.supernet)
+    assert torch.equal(old.gate.center, torch.zeros_like(old.gate.center))
+    for shape in loaded.space():
+        loaded.activate(shape)
+        assert torch.equal(old.expert_weights(), adapter.expert_weights())
+    config.write_text(json.dumps({**record, "schema_version": 1}))
+    with pytest.raises(ValueError, match="schema-1 SMoL adapter.*run amoeba-finetune again"):
+        SMoLAdapter.load(tmp_path / "a", loaded.supernet)
