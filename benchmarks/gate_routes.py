@@ -8,7 +8,7 @@ of T experts in k/T of the routes; a collapsed one puts one expert in all of the
 one LoRA. Reads only the gate's tensors, so it also reads adapters of earlier schema versions (their gate input
 was not centred).
 
-    python benchmarks/gate_routes.py --runs out/bench-finetune-beam4/smol-uncentred-gate out/bench-finetune-beam4/smol
+    python benchmarks/gate_routes.py --runs out/bench-finetune-beam4-uncentred/smol-uncentred-gate out/bench-finetune-beam4-centred/smol
 """
 from __future__ import annotations
 
