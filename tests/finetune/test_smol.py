@@ -1,5 +1,8 @@
+import json
+
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 from amoeba_search.finetune.smol import AdapterMismatchError, ShapeGate, SMoLAdapter, SMoLConfig, default_rank
@@ -223,10 +226,6 @@ def test_adapter_centres_its_gate_on_the_given_routes_and_keeps_the_centre_on_lo
 
 
 def test_a_schema_2_adapter_loads_with_its_uncentred_gate_and_older_ones_are_refused(tmp_path):
-    import json
-
-    from safetensors.torch import load_file, save_file
-
     loaded = tiny_loaded()
     adapter = _randomized(SMoLAdapter(loaded.supernet, SMALL)).eval()  # uncentred: what schema 2 computed
     adapter.save(tmp_path / "a")
