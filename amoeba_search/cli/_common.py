@@ -38,3 +38,58 @@ def quiet_libraries() -> None:
 
     logging.set_verbosity_error()
     logging.disable_progress_bar()
+
+
+
+def add_compute_arguments(parser, *, device_flag: str = "--device", device_map: bool = False) -> None:
+    """``--device`` and ``--dtype`` of the model's own computation. Where ``--device`` already names the target
+    device of a latency table (search, profile), the computation's device is ``--compute-device``."""
+    from amoeba_search.compute import DEVICE_HELP, DTYPE_CHOICES, DTYPE_HELP
+
+    g = parser.add_argument_group("compute")
+    g.add_argument(device_flag, dest="compute_device", default="auto", metavar="DEVICE",
+                   help=f"where the model runs: {DEVICE_HELP} (default: %(default)s)")
+    g.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help=f"{DTYPE_HELP} (default: %(default)s)")
+    if device_map:
+        g.add_argument("--device-map", choices=["auto", "balanced", "sequential"],
+                       help="spread a model larger than one device over several (accelerate); replaces --device")
+        g.add_argument("--max-memory", type=parse_max_memory, metavar="DEV=SIZE,...",
+                       help="memory --device-map may use per device, e.g. 0=70GiB,1=70GiB,cpu=200GiB")
+
+
+def parse_max_memory(text: str) -> dict:
+    """``0=70GiB,cpu=100GiB`` as accelerate's ``max_memory`` ({0: "70GiB", "cpu": "100GiB"})."""
+    import argparse
+
+    out: dict = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, size = part.partition("=")
+        key = key.strip().removeprefix("cuda:")
+        if not sep or not size.strip() or not (key.isdigit() or key == "cpu"):
+            raise argparse.ArgumentTypeError(f"{part!r}: write DEVICE=SIZE with DEVICE a GPU number or cpu, "
+                                             "e.g. 0=70GiB,cpu=100GiB")
+        out[int(key) if key.isdigit() else key] = size.strip()
+    if not out:
+        raise argparse.ArgumentTypeError("give at least one DEVICE=SIZE, e.g. 0=70GiB")
+    return out
+
+
+def compute_of(args, *, rank: int = 0):
+    """The resolved ``Compute`` of a command's ``--device``/``--dtype`` (see ``add_compute_arguments``)."""
+    from amoeba_search.compute import resolve_compute
+
+    return resolve_compute(args.compute_device, args.dtype, rank=rank)
+
+
+def load_options(args, compute) -> dict:
+    """Keyword arguments of ``open_supernet`` for ``compute`` and any ``--device-map``/``--max-memory``."""
+    options = {"dtype": compute.dtype, "device": compute.device}
+    if getattr(args, "device_map", None):
+        options.update(device_map=args.device_map, max_memory=args.max_memory)
+    return options
+
+
+def compute_line(compute, args) -> str:
+    """Where and in what precision the model ran, for the end of a command's output."""
+    spread = f", spread by device_map={args.device_map}" if getattr(args, "device_map", None) else ""
+    return f"ran on {compute.describe()}{spread}"

@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from amoeba_search.cli._common import emit_json, run
+from amoeba_search.cli._common import add_compute_arguments, compute_line, compute_of, emit_json, load_options, run
 
 PROG = "amoeba-eval"
 PPL_HELP = "ppl:<source>: perplexity on wiki, austen, lee, or a .txt/.jsonl file"
@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bigbench-sdist", type=Path,
                         help="a bigbench-1.0.0.tar.gz (or its unpacked tree) you already have")
     parser.add_argument("--list-tasks", action="store_true", help="list the local tasks and exit")
+    add_compute_arguments(parser, device_map=True)
     return parser
 
 
@@ -121,11 +122,13 @@ def main(argv=None) -> int:
 
         resolve_tasks(args.tasks, task_dir=args.task_dir)  # fail on a bad name before loading any weights
         layers = [int(i) for i in args.layers.split(",")] if args.layers else None
-        model, tokenizer, shape = _open(args, layers)
+        compute = compute_of(args)
+        model, tokenizer, shape = _open(args, layers, load_options(args, compute))
         record = evaluate_tasks(model, tokenizer, args.tasks, limit=args.limit, shape=shape, layers=layers,
                                 batch_size=args.batch_size, task_dir=args.task_dir, ppl_seq_len=args.ppl_seq_len,
                                 ppl_blocks=args.ppl_blocks)
         record["model"] = args.model
+        record["compute"] = compute.to_dict()
         if args.out:
             from amoeba_search.paths import atomic_write_text
 
@@ -136,11 +139,12 @@ def main(argv=None) -> int:
             emit_json(record)
         else:
             print(format_table(record))
+            print(compute_line(compute, args))
 
     return run(PROG, body)
 
 
-def _open(args, layers):
+def _open(args, layers, options):
     """An exported checkpoint as it is; anything else as a supernet cut to --shape."""
     from amoeba_search.models.export import PROVENANCE_FILE
     from amoeba_search.shapes import SubnetShape
@@ -150,11 +154,11 @@ def _open(args, layers):
     if exported.is_file() and shape is None and args.strategy is None and layers is None and not args.adapter:
         from amoeba_search.models.loading import load_model
 
-        model, tokenizer = load_model(args.model)
+        model, tokenizer = load_model(args.model, **options)
         return model, tokenizer, None
     from amoeba_search.models.session import open_supernet
 
-    loaded = open_supernet(args.model, args.strategy, adapter=args.adapter)
+    loaded = open_supernet(args.model, args.strategy, adapter=args.adapter, **options)
     shape = shape or loaded.supernet.full_shape()
     loaded.space(min_depth=1).validate(shape)
     if layers is None:

@@ -5,7 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from amoeba_search.cli._common import emit_json, run
+from amoeba_search.cli._common import add_compute_arguments, compute_line, compute_of, emit_json, run
+from amoeba_search.cli._dry_run import add_dry_run_arguments
 
 PROG = "amoeba-finetune"
 
@@ -25,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "instruction .jsonl (instruction/input/output; loss on the response only)")
     parser.add_argument("--split", default="train", choices=["train", "calib", "eval"], help="split of text data")
     parser.add_argument("--max-examples", type=int, help="use at most this many blocks/examples")
-    parser.add_argument("--out", required=True, type=Path, help="run directory")
+    parser.add_argument("--out", type=Path, help="run directory (required unless --dry-run)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     g = parser.add_argument_group("training")
     g.add_argument("--steps", type=int, default=200)
@@ -40,7 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-balance", action="store_true", help="turn loss-magnitude balancing off (ablation)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--checkpoint-every", type=int, default=50)
-    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     a = parser.add_argument_group("SMoL adapter")
     a.add_argument("--experts", type=int, default=5, help="LoRA experts T (default 5)")
     a.add_argument("--top-k", type=int, default=2, help="experts mixed per shape (default 2)")
@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--gate-noise", type=float, default=0.1,
                    help="initial std of the gate's learned routing noise while training (default 0.1)")
     parser.add_argument("--json", action="store_true", help="print a machine-readable summary at the end")
+    add_compute_arguments(parser)
+    add_dry_run_arguments(parser)
     return parser
 
 
@@ -68,21 +70,30 @@ def main(argv=None) -> int:
                             warmup_steps=args.warmup_steps, num_random=args.random_shapes,
                             distill=not args.no_distill, label_weight=args.label_weight,
                             balance=not args.no_balance, seed=args.seed, checkpoint_every=args.checkpoint_every)
+        if args.dry_run:
+            return _dry_run(args)
+        if args.out is None:
+            raise ValueError("--out is required: the run directory (or pass --dry-run for the plan)")
         rank, world = init_distributed()
-        loaded = open_supernet(args.model, args.strategy)
+        compute = compute_of(args, rank=rank)
+        if compute.dtype == torch.float16:
+            raise ValueError("fine-tuning in fp16 needs loss scaling, which amoeba-finetune does not do; "
+                             "use --dtype bf16 (CUDA, or a CPU with bf16 instructions) or fp32")
+        # the frozen model in the compute dtype, straight onto the device; the adapter trains in fp32 (autocast)
+        loaded = open_supernet(args.model, args.strategy, dtype=compute.dtype, device=compute.device)
         dims = loaded.supernet.dims
         r = args.rank or default_rank(dims)
         smol = SMoLConfig(num_experts=args.experts, top_k=args.top_k, rank=r, alpha=args.alpha or 2.0 * r,
                           noise_std=args.gate_noise)
         space = loaded.space(min_depth=args.min_depth if args.min_depth else
                              (None if loaded.strategy is not None else dims.num_layers))
-        device = _device(args.device, rank)
-        loaded.supernet.model.to(device)
-        adapter = SMoLAdapter(loaded.supernet, smol, seed=args.seed, center_on=loaded.routes(space)).to(device)
+        adapter = SMoLAdapter(loaded.supernet, smol, seed=args.seed, center_on=loaded.routes(space),
+                              dtype=torch.float32)
         data = load_training_data(args.data, loaded.tokenizer, seq_len=args.seq_len,
                                   max_examples=args.max_examples, split=args.split)
         trainer = Trainer(loaded, adapter, data, train, args.out, space,
-                          run_info={"model": args.model, "strategy": args.strategy, "device": str(device)})
+                          run_info={"model": args.model, "strategy": args.strategy, "device": str(compute.device),
+                                    "compute": compute.to_dict()})
         quiet = args.json or rank != 0
         bar = tqdm(total=train.steps, unit="step", desc="fine-tuning", disable=quiet, file=sys.stderr)
 
@@ -98,26 +109,29 @@ def main(argv=None) -> int:
             summary = trainer.run(resume=args.resume, on_step=on_step)
         finally:
             bar.close()
-        summary.update(world_size=world, trainable_parameters=adapter.describe()["trainable_parameters"])
+        summary.update(world_size=world, trainable_parameters=adapter.describe()["trainable_parameters"],
+                       compute=compute.to_dict())
         if rank == 0:
             if args.json:
                 emit_json(summary)
             else:
                 print(f"fine-tuned {summary['steps']} steps on {world} process(es); adapter in {summary['adapter']}")
+                print(compute_line(compute, args))
                 print(f"next: amoeba-search --adapter {args.out} ... or amoeba-export --adapter {args.out} ...")
 
     return run(PROG, body)
 
 
-def _device(name: str, rank: int):
-    import torch
+def _dry_run(args) -> None:
+    from amoeba_search.cli._dry_run import emit_plan, plan_device, plan_dtype
+    from amoeba_search.models.loading import load_config
+    from amoeba_search.plan import plan_finetune
 
-    if name == "auto":
-        return torch.device(f"cuda:{rank}" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: no CUDA device here; use --device cpu")
-    return device
+    spec = plan_device(args)
+    plan = plan_finetune(load_config(args.model), steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
+                         random_shapes=args.random_shapes, rank=args.rank, experts=args.experts, top_k=args.top_k,
+                         dtype=plan_dtype(args, spec), device_spec=spec)
+    emit_plan(PROG, plan, json_output=args.json)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from amoeba_search.cli._common import emit_json, run
+from amoeba_search.cli._common import add_compute_arguments, compute_line, compute_of, emit_json, load_options, run
 
 PROG = "amoeba-ppl"
 
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-blocks", type=int, default=32, help="blocks of --seq-len tokens to score")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--json", action="store_true", help="print a machine-readable result")
+    add_compute_arguments(parser, device_map=True)
     return parser
 
 
@@ -35,7 +36,8 @@ def main(argv=None) -> int:
         from amoeba_search.models.session import open_supernet
         from amoeba_search.shapes import SubnetShape
 
-        loaded = open_supernet(args.model, args.strategy)
+        compute = compute_of(args)
+        loaded = open_supernet(args.model, args.strategy, **load_options(args, compute))
         shape = SubnetShape.parse(args.shape) if args.shape else loaded.supernet.full_shape()
         loaded.space(min_depth=1).validate(shape)
         loaded.activate(shape)
@@ -43,11 +45,13 @@ def main(argv=None) -> int:
                               max_blocks=args.max_blocks)
         result = perplexity(loaded.supernet, blocks, batch_size=args.batch_size, progress=not args.json)
         record = {"model": args.model, "shape": str(shape), "kept_layers": list(loaded.supernet.active_layers),
-                  "data": args.data, "split": args.split, "seq_len": args.seq_len, **result.to_dict()}
+                  "data": args.data, "split": args.split, "seq_len": args.seq_len, "compute": compute.to_dict(),
+                  **result.to_dict()}
         if args.json:
             emit_json(record)
         else:
-            print(f"{shape}: perplexity {result.ppl:.3f} over {result.tokens} tokens of {args.data}/{args.split}")
+            print(f"{shape}: perplexity {result.ppl:.3f} over {result.tokens} tokens of {args.data}/{args.split}; "
+                  f"{compute_line(compute, args)}")
 
     return run(PROG, body)
 

@@ -7,7 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from amoeba_search.cli._common import emit_json, run
+from amoeba_search.cli._common import add_compute_arguments, compute_line, compute_of, emit_json, run
+from amoeba_search.cli._dry_run import add_dry_run_arguments
 
 PROG = "amoeba-search"
 PROFILES = Path(__file__).resolve().parents[2] / "profiles"
@@ -59,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("out/search"), help="output directory (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_compute_arguments(parser, device_flag="--compute-device")
+    add_dry_run_arguments(parser)
     return parser
 
 
@@ -93,6 +96,8 @@ def main(argv=None) -> int:
         from amoeba_search.search.job import run_job, write_outputs
         from amoeba_search.search.oracle import check_objective, perplexity_oracle, task_oracle
 
+        if args.dry_run:
+            return _dry_run(args)
         task_path = check_objective(args.objective, task_dir=args.task_dir)  # before loading anything
         if task_path is not None and args.task_limit < 1:
             raise ValueError(f"--task-limit must be positive, got {args.task_limit}")
@@ -113,7 +118,8 @@ def main(argv=None) -> int:
         if args.storage:
             _check_storage(args.storage)
 
-        loaded = open_supernet(args.model, strategy, adapter=args.adapter)
+        compute = compute_of(args)
+        loaded = open_supernet(args.model, strategy, adapter=args.adapter, dtype=compute.dtype, device=compute.device)
         config = loaded.supernet.base_config
         if table is None:
             from amoeba_search.profiling.devices import get_device
@@ -161,7 +167,7 @@ def main(argv=None) -> int:
                     "table": None if args.roofline else str(table_path),
                     "device": device, "flow": flow, "dtype": dtype, "metric": args.metric,
                     "objective": objective, **data_settings, "latency_source": latency_source,
-                    "latency_verification": why, "objective_label": label,
+                    "latency_verification": why, "objective_label": label, "compute": compute.to_dict(),
                     "latency_label": f"{args.metric} latency (ms{'/token' if args.metric == 'decode' else ''}), "
                                      f"{flow} on {device}", **memory_settings}
         tag = hashlib.sha256(json.dumps([settings, oracle.settings], sort_keys=True, default=str).encode()).hexdigest()[:10]
@@ -184,8 +190,25 @@ def main(argv=None) -> int:
             emit_json(summary)
             return
         _print_front(job, args, paths, summary)
+        print(f"evaluations {compute_line(compute, args)}")
 
     return run(PROG, body)
+
+
+def _dry_run(args) -> None:
+    import inspect
+
+    from amoeba_search.cli._dry_run import emit_plan, plan_device, plan_dtype
+    from amoeba_search.models.loading import load_config
+    from amoeba_search.plan import plan_search
+    from amoeba_search.search.job import fit_or_load_predictor
+
+    defaults = inspect.signature(fit_or_load_predictor).parameters
+    spec = plan_device(args)
+    sample = defaults["n_train"].default + defaults["n_holdout"].default
+    plan = plan_search(load_config(args.model), predictor_samples=sample, verify_shapes=args.trials // 4,
+                       blocks=args.blocks, seq_len=args.seq_len, dtype=plan_dtype(args, spec), device_spec=spec)
+    emit_plan(PROG, plan, json_output=args.json)
 
 
 def _note_heldout_task(objective: str) -> None:

@@ -5,7 +5,8 @@ import argparse
 import shlex
 from pathlib import Path
 
-from amoeba_search.cli._common import emit_json, run
+from amoeba_search.cli._common import add_compute_arguments, compute_line, compute_of, emit_json, load_options, run
+from amoeba_search.cli._dry_run import add_dry_run_arguments
 
 PROG = "amoeba-select"
 
@@ -48,11 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=4, help="calibration blocks per forward (default: %(default)s)")
     parser.add_argument("--cache", default="tree", help="DP prefix caching: tree, row, none (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random width metric (default: %(default)s)")
-    parser.add_argument("--out", required=True, type=Path, help="strategy JSON to write")
+    parser.add_argument("--out", type=Path, help="strategy JSON to write (required unless --dry-run)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted DP from its checkpoint (OUT.checkpoint.json)")
     parser.add_argument("--json", action="store_true", help="print a machine-readable summary (no progress bars)")
+    add_compute_arguments(parser, device_map=True)
+    add_dry_run_arguments(parser)
     return parser
 
 
@@ -60,8 +63,8 @@ def checkpoint_path(out: Path) -> Path:
     return out.with_name(out.name + ".checkpoint.json")
 
 
-def canonical_command(args) -> str:
-    """The command that reproduces the strategy, every option spelled out."""
+def canonical_command(args, dtype: str = "fp32") -> str:
+    """The command that reproduces the strategy, every option spelled out (``dtype``: the resolved one)."""
     parts = ["amoeba-select", "--model", args.model, "--calib", args.calib, "--split", args.split,
              "--method", args.method, "--metric", args.metric, "--width-metric", args.width_metric,
              "--samples", str(args.samples), "--seq-len", str(args.seq_len)]
@@ -70,6 +73,7 @@ def canonical_command(args) -> str:
     parts += ["--keep-last", str(args.keep_last), "--beam", str(args.beam), "--batch-size", str(args.batch_size),
               "--cache", args.cache, "--seed", str(args.seed)]
     parts += ["--bias-compensation"] if args.bias_compensation else []
+    parts += ["--dtype", dtype]
     return shlex.join(parts + ["--out", str(args.out)])
 
 
@@ -80,6 +84,10 @@ def main(argv=None) -> int:
         from amoeba_search.models.session import open_supernet
         from amoeba_search.selection.pipeline import SelectionSettings, select_strategy
 
+        if args.dry_run:
+            return _dry_run(args)
+        if args.out is None:
+            raise ValueError("--out is required: the strategy JSON to write (or pass --dry-run for the plan)")
         if args.out.exists() and not args.overwrite:
             raise FileExistsError(f"{args.out} already exists; choose another --out or pass --overwrite")
         settings = SelectionSettings(method=args.method, metric=args.metric, calib=args.calib, split=args.split,
@@ -87,14 +95,15 @@ def main(argv=None) -> int:
                                      keep_last=args.keep_last, beam=args.beam, width_metric=args.width_metric,
                                      seed=args.seed, batch_size=args.batch_size, cache=args.cache)
         settings.check_names()
-        loaded = open_supernet(args.model)
+        compute = compute_of(args)
+        loaded = open_supernet(args.model, **load_options(args, compute))
         settings = settings.checked(loaded.supernet.dims.num_layers)  # bad options fail before any compute
         ckpt = checkpoint_path(args.out)
         if args.resume and not ckpt.is_file():
             raise FileNotFoundError(f"nothing to resume: {ckpt} does not exist; run without --resume")
         result = select_strategy(loaded.supernet, loaded.tokenizer, loaded.fingerprint, settings,
                                  checkpoint=ckpt, resume=args.resume, progress=not args.json,
-                                 command=canonical_command(args), bias_compensation=args.bias_compensation)
+                                 command=canonical_command(args, compute.dtype_name), bias_compensation=args.bias_compensation)
         result.strategy.save(args.out)
         ckpt.unlink(missing_ok=True)
         strategy = result.strategy
@@ -103,6 +112,7 @@ def main(argv=None) -> int:
                    "depths": strategy.depths,
                    "depth_layers": {str(d): strategy.depth_layers[d] for d in strategy.depths},
                    "depth_metric": {str(d): strategy.depth_metric.get(d) for d in strategy.depths},
+                   "compute": compute.to_dict(),
                    **result.report}
         if args.json:
             emit_json(summary)
@@ -110,7 +120,7 @@ def main(argv=None) -> int:
             lo, hi = strategy.depths[0], strategy.depths[-1]
             print(f"wrote {args.out}: layers for depths {lo}..{hi} by {settings.method} on {settings.metric} "
                   f"({result.report['evaluations_total']} evaluations, {result.report['depth_seconds']:.1f} s), "
-                  f"widths ordered by {settings.width_metric}")
+                  f"widths ordered by {settings.width_metric}; {compute_line(compute, args)}")
             for d in strategy.depths:
                 value = strategy.depth_metric.get(d)
                 shown = "-" if value is None else f"{value:.4g}"
@@ -118,6 +128,18 @@ def main(argv=None) -> int:
                       f"{sorted(set(range(hi)) - set(strategy.depth_layers[d]))}")
 
     return run(PROG, body)
+
+
+def _dry_run(args) -> None:
+    from amoeba_search.cli._dry_run import emit_plan, plan_device, plan_dtype
+    from amoeba_search.models.loading import load_config
+    from amoeba_search.plan import plan_select
+
+    spec = plan_device(args)
+    plan = plan_select(load_config(args.model), samples=args.samples, seq_len=args.seq_len, min_depth=args.min_depth,
+                       keep_last=args.keep_last, beam=args.beam, method=args.method, dtype=plan_dtype(args, spec),
+                       device_spec=spec, batch_size=args.batch_size, width_metric=args.width_metric)
+    emit_plan(PROG, plan, json_output=args.json)
 
 
 if __name__ == "__main__":

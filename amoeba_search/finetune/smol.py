@@ -152,8 +152,8 @@ class LoRAExperts(nn.Module):
         return F.linear(h, b) * scaling                                              # (..., out')
 
     def merged_delta(self, weights: torch.Tensor, scaling: float) -> torch.Tensor:
-        """The full (out, in) weight update of this mixture."""
-        return torch.einsum("t,tor,tri->oi", weights.to(self.A.dtype), self.B, self.A) * scaling
+        """The full (out, in) weight update of this mixture, in fp32 (16-bit weights then round it once)."""
+        return torch.einsum("t,tor,tri->oi", weights.float(), self.B.float(), self.A.float()) * scaling
 
 
 class SMoLAdapter(nn.Module):
@@ -161,10 +161,12 @@ class SMoLAdapter(nn.Module):
 
     ``center_on``: the shapes the adapter will route, each with its kept layers (``None``: all), such as a search
     space with the strategy's layers; the gate's input is centred on their mean. Without it, it is not centred.
+    ``dtype``: of the adapter's weights (default: the model's); placed on the model's device.
     """
 
     def __init__(self, supernet: Supernet, config: SMoLConfig = SMoLConfig(), *, seed: int = 0,
-                 center_on: Sequence[tuple[SubnetShape, Sequence[int] | None]] | None = None):
+                 center_on: Sequence[tuple[SubnetShape, Sequence[int] | None]] | None = None,
+                 dtype: torch.dtype | None = None):
         super().__init__()
         self.config, self.dims = config, supernet.dims
         self.order = order_digest(supernet)
@@ -180,8 +182,8 @@ class SMoLAdapter(nn.Module):
                     linear = _target(layer, name)
                     self.experts[_key(index, name)] = LoRAExperts(linear.in_features, linear.out_features,
                                                                   config.num_experts, config.rank)
-        dtype = next(supernet.model.parameters()).dtype
-        self.to(dtype)
+        weight = next(supernet.model.parameters())
+        self.to(weight.device, dtype or weight.dtype)  # training keeps it in fp32 over 16-bit weights (autocast)
         self.supernet = [supernet]  # a list keeps it out of this module's parameters and state dict
         self.noise_generator = torch.Generator()
         self._weights: torch.Tensor | None = None

@@ -103,7 +103,11 @@ class Trainer:
                          "space": {k: v for k, v in space.to_dict().items() if k != "dims"},
                          "world_size": self.world, **(run_info or {})}
         self.supernet.model.requires_grad_(False)  # only the adapter learns
-        self.device = next(self.supernet.model.parameters()).device
+        weight = next(self.supernet.model.parameters())
+        self.device = weight.device
+        # 16-bit weights train under autocast; the adapter and the optimizer state stay in fp32
+        self.autocast = weight.dtype if weight.dtype in (torch.bfloat16, torch.float16) else None
+        self.run_info["dtype"] = str(weight.dtype).removeprefix("torch.")
         self.optimizer = torch.optim.AdamW(adapter.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.step = 0
         self._tokens_done = 0
@@ -149,7 +153,8 @@ class Trainer:
         teacher, reference, raw = None, None, []
         for i, shape in enumerate(shapes):
             self.loaded.activate(shape)
-            logits = self.supernet(input_ids=ids).logits                       # (B, T, V)
+            with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
+                logits = self.supernet(input_ids=ids).logits.float()           # (B, T, V), losses in fp32
             if i == 0:
                 loss = lm_loss(logits, labels)
                 reference = loss.detach()
@@ -164,7 +169,7 @@ class Trainer:
             if torch.isfinite(loss.detach()):
                 (scaled / len(shapes)).backward()
             del logits, loss, scaled
-        losses = torch.stack(raw).float().cpu()
+        losses = torch.stack(raw).float()  # on the device: NCCL reduces no CPU tensors
         grads = [p for p in self.adapter.parameters() if p.requires_grad]
         if self.world > 1:
             dist.all_reduce(losses)
@@ -174,7 +179,8 @@ class Trainer:
                     p.grad = torch.zeros_like(p)
                 dist.all_reduce(p.grad)
                 p.grad /= self.world
-        grad_norm = torch.nn.utils.clip_grad_norm_(grads, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        losses = losses.cpu()
+        grad_norm = torch.nn.utils.clip_grad_norm_(grads, cfg.grad_clip if cfg.grad_clip > 0 else float("inf")).cpu()
         if not torch.isfinite(losses).all() or not torch.isfinite(grad_norm):
             self.optimizer.zero_grad(set_to_none=True)
             last = self.latest_checkpoint()

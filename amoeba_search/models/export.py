@@ -15,7 +15,6 @@ from amoeba_search.paths import atomic_dir
 from amoeba_search.shapes import SubnetShape
 
 PROVENANCE_FILE = "amoeba_provenance.json"
-GGUF_DTYPES = ("f16", "f32")
 
 
 def export_subnet(supernet: Supernet, shape: SubnetShape, out_dir: str | Path, *,
@@ -23,11 +22,12 @@ def export_subnet(supernet: Supernet, shape: SubnetShape, out_dir: str | Path, *
                   provenance: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
     """Write ``shape`` (run on ``layers``) of ``supernet`` to ``out_dir``; return the directory.
 
-    The directory holds ``model.safetensors``, ``config.json``, the tokenizer (when given), a provenance JSON
-    and, with ``gguf="f16"`` or ``"f32"``, a GGUF file for llama.cpp. Nothing is left behind on failure.
+    The weights keep the supernet's dtype. The directory holds ``model.safetensors``, ``config.json``, the
+    tokenizer (when given), a provenance JSON and, with ``gguf`` (one of ``GGUF_TYPES``, written by gguf-py, or a
+    llama.cpp type such as ``"Q4_K_M"``, quantized by llama.cpp from an f16 file), a GGUF file for llama.cpp.
+    Nothing is left behind on failure.
     """
-    if gguf is not None and gguf not in GGUF_DTYPES:
-        raise ValueError(f"GGUF dtype must be one of {', '.join(GGUF_DTYPES)}, got {gguf!r}")
+    check_gguf_type(gguf)
     supernet.set_active(shape, layers)
     config = subnet_config(supernet.base_config, shape, supernet.active_layers)
     config.architectures = [type(supernet.model).__name__]
@@ -39,7 +39,9 @@ def export_subnet(supernet: Supernet, shape: SubnetShape, out_dir: str | Path, *
     for flag in flags:
         setattr(config, flag, True)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        save_file(supernet.subnet_state_dict(), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        state = {name: tensor.cpu() for name, tensor in supernet.subnet_state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        del state
         config.save_pretrained(tmp)
         generation = getattr(supernet.model, "generation_config", None)
         if generation is not None:
@@ -57,15 +59,36 @@ def export_subnet(supernet: Supernet, shape: SubnetShape, out_dir: str | Path, *
         }
         (tmp / PROVENANCE_FILE).write_text(json.dumps(record, indent=2))
         if gguf is not None:
-            _write_gguf(tmp, tokenizer, gguf, provenance or {})
+            name = f"{(provenance or {}).get('source_model', 'model')} {shape}"
+            _write_gguf(tmp, tokenizer, gguf, provenance or {}, name=name)
     return Path(out_dir)
 
 
-def _write_gguf(directory: Path, tokenizer, dtype: str, provenance: dict[str, Any]) -> Path:
+def check_gguf_type(gguf: str | None) -> None:
+    """Refuse a GGUF type that neither gguf-py nor llama.cpp's quantizer writes (before any work)."""
+    from amoeba_search.models.gguf_export import GGUF_TYPES
+    from amoeba_search.models.gguf_quantize import llamacpp_quant_types
+
+    if gguf is not None and gguf not in GGUF_TYPES and gguf not in llamacpp_quant_types():
+        raise ValueError(f"unknown GGUF type {gguf!r}: use {', '.join(GGUF_TYPES)} (gguf-py), or a llama.cpp "
+                         f"type such as {', '.join(llamacpp_quant_types()[:4])} (needs llama-cpp-python)")
+
+
+def _write_gguf(directory: Path, tokenizer, gguf: str, provenance: dict[str, Any], *, name: str) -> Path:
     from transformers import AutoModelForCausalLM
 
-    from amoeba_search.models.gguf_export import write_gguf
+    from amoeba_search.models.gguf_export import GGUF_TYPES, write_gguf
 
     model = AutoModelForCausalLM.from_pretrained(directory)
     source = provenance.get("source_gguf")
-    return write_gguf(model, tokenizer, directory / f"model-{dtype}.gguf", dtype=dtype, tokenizer_gguf=source)
+    if gguf in GGUF_TYPES:
+        return write_gguf(model, tokenizer, directory / f"model-{gguf}.gguf", dtype=gguf, tokenizer_gguf=source,
+                          name=name)
+    from amoeba_search.models.gguf_quantize import quantize_with_llamacpp
+
+    # llama.cpp quantizes from a float file, as its own convert + llama-quantize workflow does
+    base = write_gguf(model, tokenizer, directory / ".model-f16.gguf", dtype="f16", tokenizer_gguf=source, name=name)
+    try:
+        return quantize_with_llamacpp(base, directory / f"model-{gguf}.gguf", gguf)
+    finally:
+        base.unlink(missing_ok=True)

@@ -1,13 +1,15 @@
 """Write a plain (physically cut) LLaMA-style causal LM to a GGUF file that llama.cpp loads.
 
 Follows llama.cpp's own ``convert_hf_to_gguf.py`` (classes ``LlamaModel`` and ``Qwen2Model``): the same
-architecture names, metadata keys, tensor names (from gguf-py's tensor map), q/k permutation and dtypes.
+architecture names, metadata keys, tensor names (from gguf-py's tensor map), q/k permutation, and which
+tensor gets which type (norms and biases f32, weight matrices the chosen type, Q8_0 falling back to f16).
 The tokenizer is either rebuilt from a Hugging Face fast (byte-level BPE) tokenizer, as the converter's
 ``_set_vocab_gpt2`` does, or copied verbatim from a source GGUF file (``tokenizer_gguf=``).
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -16,9 +18,15 @@ import gguf
 import numpy as np
 import torch
 
+_log = logging.getLogger(__name__)
+
 # model_type -> llama.cpp architecture. Mistral is written as "llama", as the converter does.
 _ARCHS = {"llama": gguf.MODEL_ARCH.LLAMA, "mistral": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2}
-_FILE_TYPES = {"f16": gguf.LlamaFileType.MOSTLY_F16, "f32": gguf.LlamaFileType.ALL_F32}
+GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")  # what write_gguf writes itself; see gguf_quantize for the rest
+_FILE_TYPES = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+               "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
+_QUANT_TYPES = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
+                "bf16": gguf.GGMLQuantizationType.BF16, "q8_0": gguf.GGMLQuantizationType.Q8_0}
 
 # llama.cpp picks its pre-tokenizer (the regex splitting text before BPE) by name. The converter finds the
 # name by hashing the tokens of a test string, which only works for published vocabularies; we recognise
@@ -36,14 +44,18 @@ def write_gguf(model, tokenizer, path, *, dtype: str = "f16", tokenizer_gguf=Non
     """Write ``model`` (and its tokenizer) to the GGUF file ``path``; returns the path.
 
     Architecture "llama" for Llama and Mistral, "qwen2" for Qwen2 (a head-pruned Qwen2 is written as "llama").
-    ``dtype``: "f16" (2-D weight matrices in f16) or "f32"; norms and biases are always f32.
+    ``dtype``: one of ``GGUF_TYPES``, the type of the 2-D weight matrices; norms and biases are always f32.
+    With "q8_0" a matrix whose rows are not a multiple of 32 long is written in f16, as the converter does.
+    ``name``: ``general.name``; by default the basename of ``config.name_or_path`` unless that looks like a
+    temporary folder (an exported subnet is saved and reloaded from one), else "model".
     ``tokenizer``: a Hugging Face fast byte-level BPE tokenizer; may be None when ``tokenizer_gguf`` is given.
     ``tokenizer_gguf``: a GGUF file whose ``tokenizer.*`` fields are copied as they are (most faithful for a
     model that was itself loaded from GGUF). ``tokenizer_pre``: llama.cpp pre-tokenizer name, when it
     cannot be recognised from the tokenizer. The file is written to a temporary name and renamed at the end.
     """
-    if dtype not in _FILE_TYPES:
-        raise ValueError(f"dtype must be one of {sorted(_FILE_TYPES)}, got {dtype!r}")
+    if dtype not in GGUF_TYPES:
+        raise ValueError(f"dtype must be one of {GGUF_TYPES}, got {dtype!r}; for other llama.cpp types "
+                         "write f16 or f32 and use amoeba_search.models.gguf_quantize.quantize_with_llamacpp")
     if tokenizer is None and tokenizer_gguf is None:
         raise ValueError("pass a tokenizer, or tokenizer_gguf= (a GGUF file to copy the tokenizer from)")
     config = model.config
@@ -59,13 +71,13 @@ def write_gguf(model, tokenizer, path, *, dtype: str = "f16", tokenizer_gguf=Non
     path.parent.mkdir(parents=True, exist_ok=True)
 
     writer = gguf.GGUFWriter(None, gguf.MODEL_ARCH_NAMES[arch])
-    _add_hparams(writer, config, dtype, name or Path(str(getattr(config, "_name_or_path", "") or "model")).name)
+    _add_hparams(writer, config, dtype, name or _default_name(config))
     if tokenizer_gguf is not None:
         _copy_tokenizer(writer, tokenizer_gguf)
     else:
         _add_hf_tokenizer(writer, tokenizer, config.vocab_size, tokenizer_pre)
-    for gguf_name, array in _tensors(model, arch, dtype):
-        writer.add_tensor(gguf_name, array)
+    for gguf_name, data, qtype in _tensors(model, arch, dtype):
+        writer.add_tensor(gguf_name, data, raw_dtype=qtype)
 
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same folder, so os.replace is atomic
     try:
@@ -79,6 +91,11 @@ def write_gguf(model, tokenizer, path, *, dtype: str = "f16", tokenizer_gguf=Non
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _default_name(config) -> str:
+    base = Path(str(getattr(config, "name_or_path", "") or "")).name
+    return "model" if not base or base.startswith((".", "tmp")) else base
 
 
 def _head_dim(config) -> int:
@@ -121,7 +138,10 @@ def _permute(w: torch.Tensor, n_head: int) -> torch.Tensor:
 
 
 def _tensors(model, arch: gguf.MODEL_ARCH, dtype: str):
-    """Yield (gguf name, numpy array) for every weight, in the dtype llama.cpp's converter would write."""
+    """Yield (gguf name, data, GGML type) for every weight, typed as llama.cpp's converter would write it.
+
+    ``data`` is float32/float16 for F32/F16, else the packed bytes (uint8, one row of blocks per weight row).
+    """
     config = model.config
     n_head = config.num_attention_heads
     n_kv = getattr(config, "num_key_value_heads", None) or n_head
@@ -140,8 +160,21 @@ def _tensors(model, arch: gguf.MODEL_ARCH, dtype: str):
                 t = _permute(t, n_head)
             elif hf_name.endswith(("k_proj.weight", "k_proj.bias")):
                 t = _permute(t, n_kv)
-        np_dtype = np.float16 if dtype == "f16" and t.dim() >= 2 else np.float32
-        yield gguf_name, t.numpy().astype(np_dtype)
+        yield (gguf_name, *_quantize(t.numpy(), gguf_name, dtype))
+
+
+def _quantize(array: np.ndarray, gguf_name: str, dtype: str) -> tuple[np.ndarray, gguf.GGMLQuantizationType]:
+    """The converter's rule: 1-D tensors, norms and biases stay f32 (llama.cpp's kernels for them need f32);
+    other weights take ``dtype``, and fall back to f16 when gguf-py cannot quantize them (Q8_0 packs each row
+    in blocks of 32 values, so a row length that is not a multiple of 32 raises QuantError)."""
+    qtype = _QUANT_TYPES[dtype]
+    if array.ndim <= 1 or gguf_name.endswith("_norm.weight") or not gguf_name.endswith(".weight"):
+        qtype = gguf.GGMLQuantizationType.F32
+    try:
+        return gguf.quants.quantize(array, qtype), qtype
+    except gguf.QuantError as err:
+        _log.info("%s: %s, falling back to F16", gguf_name, err)
+        return gguf.quants.quantize(array, gguf.GGMLQuantizationType.F16), gguf.GGMLQuantizationType.F16
 
 
 def _add_hf_tokenizer(writer: gguf.GGUFWriter, tokenizer, vocab_size: int, tokenizer_pre: str | None) -> None:

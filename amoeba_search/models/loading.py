@@ -48,6 +48,10 @@ class ModelNotFoundError(ValueError):
     """The model spec names nothing we can load here."""
 
 
+class DevicePlanError(ValueError):
+    """A ``device_map`` plan that does not fit the memory it may use."""
+
+
 def _resolve(spec: str) -> tuple[str, Path | str]:
     """Return (kind, location) with kind in {"alias", "gguf", "dir", "hub"}."""
     if spec in ALIASES:
@@ -85,10 +89,25 @@ def load_config(spec: str = DEFAULT_MODEL):
     return config
 
 
-def load_model(spec: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32):
-    """Return ``(model, tokenizer)`` in eval mode; the default alias is cached after its first load."""
+def stored_dtype(spec: str = DEFAULT_MODEL) -> torch.dtype:
+    """The dtype ``spec``'s weights are stored in (fp32 for GGUF files, which are dequantized to it)."""
+    if _resolve(spec)[0] == "gguf":
+        return torch.float32
+    stored = getattr(load_config(spec), "dtype", None)
+    if isinstance(stored, str):
+        stored = getattr(torch, stored, None)
+    return stored if isinstance(stored, torch.dtype) and stored.is_floating_point else torch.float32
+
+
+def load_model(spec: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+               device_map: str | dict | None = None, max_memory: dict | None = None):
+    """Return ``(model, tokenizer)`` in eval mode; the default alias is cached after its first load.
+
+    Weights load straight into ``dtype`` on ``device``; with ``device_map`` (e.g. ``"auto"``) accelerate spreads
+    them over the devices in ``max_memory`` instead, and a plan that would offload to disk is refused.
+    """
     kind, where = _resolve(spec)
-    load_config(spec)  # refuse unsupported families before paying for the weights
+    config = load_config(spec)  # refuse unsupported families before paying for the weights
     if kind == "alias":
         cached = _alias_cache(spec)
         if not (cached / "model.safetensors").is_file():
@@ -96,18 +115,42 @@ def load_model(spec: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32)
             with atomic_dir(cached, overwrite=True) as tmp:
                 model.save_pretrained(tmp)
                 tokenizer.save_pretrained(tmp)
+            del model
         where = cached
+    placement = {"device_map": torch.device(device)}
+    if device_map is not None:
+        placement = {"device_map": check_device_map(config, dtype, device_map, max_memory), "max_memory": max_memory}
     if kind == "gguf":
-        model, tokenizer = _load_gguf(where, dtype=dtype)
+        model, tokenizer = _load_gguf(where, dtype=dtype, **placement)
     else:
-        model = _hub_call(AutoModelForCausalLM.from_pretrained, where, spec, dtype=dtype)
+        model = _hub_call(AutoModelForCausalLM.from_pretrained, where, spec, dtype=dtype, **placement)
         tokenizer = _hub_call(AutoTokenizer.from_pretrained, where, spec)
     model.config.name_or_path = spec
-    return model.to(dtype).eval(), tokenizer
+    return model.eval(), tokenizer
 
 
-def _load_gguf(path: Path, *, dtype: torch.dtype):
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+def check_device_map(config, dtype: torch.dtype, device_map: str | dict, max_memory: dict | None):
+    """accelerate's placement of ``config``'s weights in ``dtype``; refuses a plan that offloads to disk."""
+    if isinstance(device_map, dict):
+        return device_map
+    from accelerate import init_empty_weights, infer_auto_device_map
+
+    with init_empty_weights():
+        empty = AutoModelForCausalLM.from_config(config)
+    no_split = getattr(empty, "_no_split_modules", None) or []
+    plan = infer_auto_device_map(empty, max_memory=dict(max_memory) if max_memory else None,  # it edits the dict
+                                 no_split_module_classes=no_split, dtype=dtype)
+    spilled = sorted({name for name, where in plan.items() if where == "disk"})
+    if spilled:
+        gib = sum(p.numel() for p in empty.parameters()) * torch.finfo(dtype).bits / 8 / 2**30
+        raise DevicePlanError(f"the {gib:.2f} GiB of weights in {str(dtype).removeprefix('torch.')} do not fit in "
+                              f"{max_memory or 'the memory of this machine'} ({len(spilled)} modules would go to "
+                              "disk): allow more memory with --max-memory, add devices, or use a smaller --dtype")
+    return plan
+
+
+def _load_gguf(path: Path, *, dtype: torch.dtype, **placement):
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype, **placement)
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     # Dequantized weights are plain tensors now; drop the GGUF marker so save_pretrained writes a normal model.
     for config in (model.config, getattr(model, "generation_config", None)):

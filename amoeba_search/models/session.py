@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from amoeba_search.models.fingerprint import model_fingerprint
 from amoeba_search.models.loading import ALIASES, DEFAULT_MODEL, load_model
 from amoeba_search.models.supernet import Supernet
@@ -59,12 +61,15 @@ class LoadedSupernet:
 
 
 def open_supernet(spec: str = DEFAULT_MODEL, strategy: str | Path | None = None,
-                  adapter: str | Path | None = None) -> LoadedSupernet:
-    """Load ``spec``, check ``strategy`` was made for it, order widths by the strategy's importance (and turn
-    on bias compensation when the strategy stores channel means) and, with ``adapter`` (an amoeba-finetune
-    output), add the fine-tuned SMoL adapter to every forward pass."""
+                  adapter: str | Path | None = None, *, dtype: torch.dtype = torch.float32,
+                  device: str | torch.device = "cpu", device_map: str | dict | None = None,
+                  max_memory: dict | None = None) -> LoadedSupernet:
+    """Load ``spec`` in ``dtype`` on ``device`` (or spread by ``device_map``), check ``strategy`` was made for
+    it, order widths by the strategy's importance (and turn on bias compensation when the strategy stores
+    channel means) and, with ``adapter`` (an amoeba-finetune output), add the fine-tuned SMoL adapter to every
+    forward pass."""
     chosen = None if strategy is None else SelectionStrategy.load(strategy)  # fail fast, before the weights
-    model, tokenizer = load_model(spec)
+    model, tokenizer = load_model(spec, dtype=dtype, device=device, device_map=device_map, max_memory=max_memory)
     fingerprint = model_fingerprint(model, name=spec)
     if chosen is not None:
         chosen.check_model(fingerprint)

@@ -178,11 +178,12 @@ class Supernet:
             self.channel_means = None
         else:
             n, width = self.dims.num_layers, {"ffn": self.dims.ffn_size, "attn": self.dims.num_heads * self.dims.head_dim}
-            dtype = self.layers[0].mlp.down_proj.weight.dtype
+            weight = self.layers[0].mlp.down_proj.weight
             tensors = {k: [torch.as_tensor(row, dtype=torch.float64) for row in means[k]] for k in width}
             if any(len(tensors[k]) != n or any(t.shape != (w,) for t in tensors[k]) for k, w in width.items()):
                 raise ValueError(f"channel means must be {n} x {width['ffn']} (ffn) and {n} x {width['attn']} (attn)")
-            self.channel_means = {k: [t.to(dtype) for t in v] for k, v in tensors.items()}
+            # fp32 whatever the weights' dtype: the compensation is a sum over up to all removed channels
+            self.channel_means = {k: [t.to(weight.device, torch.float32) for t in v] for k, v in tensors.items()}
         if getattr(self, "active_shape", None) is not None:
             self.set_active(self.active_shape, self.active_layers)
 
@@ -197,7 +198,7 @@ class Supernet:
             physical = mean[self.ffn_index[index]]
         else:  # physical head position p holds original head head_index[p]
             physical = mean.view(self.dims.num_heads, -1)[self.head_index[index]].reshape(-1)
-        return linear.weight.data[:, keep:] @ physical[keep:]
+        return (linear.weight.data[:, keep:].float() @ physical[keep:]).to(linear.weight.dtype)
 
     # -- the active subnet ---------------------------------------------------------------------------
 
@@ -281,7 +282,8 @@ class Supernet:
                     if key not in out:  # no bias parameter: the compensation, or zeros (never permuted rows)
                         bias = linear.active_bias()
                         if bias is None:
-                            bias = torch.zeros(linear.active_out or linear.out_features, dtype=linear.weight.dtype)
+                            bias = torch.zeros(linear.active_out or linear.out_features, dtype=linear.weight.dtype,
+                                               device=linear.weight.device)
                         out[key] = bias.detach().contiguous().clone()
         if getattr(self.base_config, "tie_word_embeddings", False):
             out.pop("lm_head.weight", None)

@@ -78,6 +78,7 @@ class CalibrationMetric:
         lm = causal_lm(model)
         stats = []
         for i, batch in enumerate(self.batches()):
+            batch = batch.to(lm.get_input_embeddings().weight.device)
             hidden = lm.model(input_ids=batch, use_cache=False).last_hidden_state  # (B, T, C), after the norm
             stats.append(self.batch_stats(i, hidden, lm.lm_head))
         return stats
@@ -106,14 +107,14 @@ class PerplexityMetric(CalibrationMetric):
         return self._batches
 
     def batch_stats(self, index, hidden, lm_head):
-        ids = self._batches[index]
-        total = torch.zeros((), dtype=torch.float64)
+        ids = self._batches[index].to(hidden.device)
+        total = torch.zeros((), dtype=torch.float64, device=hidden.device)
         for lo in range(0, hidden.shape[0], _HEAD_ROWS):
             logits = lm_head(hidden[lo:lo + _HEAD_ROWS, :-1]).float()               # (r, T-1, V)
             nll = F.cross_entropy(logits.transpose(1, 2), ids[lo:lo + _HEAD_ROWS, 1:], reduction="none")
             total += nll.double().sum()
         count = ids.shape[0] * (ids.shape[1] - 1)
-        return torch.stack([total, torch.tensor(float(count), dtype=torch.float64)])
+        return torch.stack([total.cpu(), torch.tensor(float(count), dtype=torch.float64)])
 
     def finish(self, stats):
         total = torch.stack(list(stats)).sum(0)
@@ -220,9 +221,9 @@ class MultipleChoiceMetric(CalibrationMetric):
 
     def batch_stats(self, index, hidden, lm_head):
         pair_ids, rows, cols, toks, owner = self._targets[index]
-        picked = hidden[rows, cols]                                           # (K, C): only scored positions
+        picked = hidden[rows.to(hidden.device), cols.to(hidden.device)]       # (K, C): only scored positions
         logp = torch.log_softmax(lm_head(picked).float(), dim=-1)             # (K, V)
-        token_ll = logp.gather(1, toks[:, None]).squeeze(1).double()          # (K,)
+        token_ll = logp.gather(1, toks[:, None].to(logp.device)).squeeze(1).double().cpu()  # (K,)
         ll = torch.zeros(len(pair_ids), dtype=torch.float64).index_add_(0, owner, token_ll)
         return torch.stack([pair_ids.double(), ll], dim=1)                    # (pairs in batch, 2)
 

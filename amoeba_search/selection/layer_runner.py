@@ -32,7 +32,7 @@ class LayerRunner:
 
     @torch.inference_mode()
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.decoder.embed_tokens(input_ids)  # (B, T, C)
+        return self.decoder.embed_tokens(input_ids.to(self.decoder.embed_tokens.weight.device))  # (B, T, C)
 
     @torch.inference_mode()
     def layer(self, index: int, hidden: torch.Tensor) -> torch.Tensor:

@@ -113,7 +113,8 @@ class ModelObjective:
     def _store_prefix(self) -> None:
         """One full pass: keep the input of every ``stride``-th layer per batch, and score the full network."""
         n = self.num_layers
-        per_layer = sum(b.numel() for b in self._batches) * self.supernet.dims.hidden_size * 4
+        per_layer = (sum(b.numel() for b in self._batches) * self.supernet.dims.hidden_size
+                     * next(self.supernet.model.parameters()).element_size())
         self.stride = max(1, math.ceil(n * per_layer / self.memory_limit))
         stored = {i: [] for i in range(0, n, self.stride)}
         stats = []

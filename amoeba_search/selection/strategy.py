@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from amoeba_search.models.fingerprint import WEIGHT_KEYS, same_weights
 from amoeba_search.paths import atomic_write_text
 from amoeba_search.shapes import SubnetShape
 
@@ -88,12 +89,17 @@ class SelectionStrategy:
     def check_model(self, fingerprint: dict[str, Any]) -> None:
         """Raise ``StrategyMismatchError`` unless ``fingerprint`` is the model this strategy was made for."""
         mine, theirs = self.fingerprint, fingerprint
-        for key in ("dims", "weights_sha256"):
-            if key in mine and key in theirs and mine[key] != theirs[key]:
-                raise StrategyMismatchError(
-                    f"strategy was computed for another model ({key} differs: "
-                    f"{mine.get('name', '?')} vs {theirs.get('name', '?')}); run amoeba-select on this model"
-                )
+        differs = "dims" if mine.get("dims", theirs.get("dims")) != theirs.get("dims", mine.get("dims")) else None
+        if differs is None and same_weights(mine, theirs) is False:
+            differs = "weights"
+        if differs:
+            raise StrategyMismatchError(
+                f"strategy was computed for another model ({differs} differ: "
+                f"{mine.get('name', '?')} vs {theirs.get('name', '?')}); run amoeba-select on this model")
+        if same_weights(mine, theirs) is None and any(k in mine for k in WEIGHT_KEYS.values()):
+            raise StrategyMismatchError(
+                "strategy records no weight checksum for a model loaded in this dtype; load the model with "
+                f"--dtype fp32, or re-make the strategy with amoeba-select")
 
     # -- JSON ----------------------------------------------------------------------------------------
 

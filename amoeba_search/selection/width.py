@@ -110,30 +110,30 @@ def channel_statistics(supernet, batches: Sequence[torch.Tensor], *, progress: b
     try:
         decoder = causal_lm(supernet).model
         for ids in tqdm(batches, desc="channel statistics", unit="batch", disable=not progress):
-            decoder(input_ids=ids, use_cache=False)
+            decoder(input_ids=ids.to(decoder.embed_tokens.weight.device), use_cache=False)
     finally:
         for h in handles:
             h.remove()
         supernet.set_active(*previous)
-    return ChannelStats(
-        ffn_mean=[_to_original(a.mean, _ffn_positions(supernet, i)) for i, a in enumerate(ffn)],
-        ffn_var=[_to_original(a.var(), _ffn_positions(supernet, i)) for i, a in enumerate(ffn)],
-        attn_mean=[_to_original(a.mean, _attn_positions(supernet, i)) for i, a in enumerate(attn)],
-        attn_var=[_to_original(a.var(), _attn_positions(supernet, i)) for i, a in enumerate(attn)],
+    return ChannelStats(  # on the CPU, in float64, whatever device the model ran on
+        ffn_mean=[_to_original(a.mean.cpu(), _ffn_positions(supernet, i)) for i, a in enumerate(ffn)],
+        ffn_var=[_to_original(a.var().cpu(), _ffn_positions(supernet, i)) for i, a in enumerate(ffn)],
+        attn_mean=[_to_original(a.mean.cpu(), _attn_positions(supernet, i)) for i, a in enumerate(attn)],
+        attn_var=[_to_original(a.var().cpu(), _attn_positions(supernet, i)) for i, a in enumerate(attn)],
         tokens=ffn[0].n,
     )
 
 
 def original_weights(supernet, layer: int) -> dict[str, torch.Tensor]:
-    """The layer's projection weights with channels and heads back in original order (copies, float64)."""
+    """The layer's projection weights with channels and heads back in original order (CPU float64 copies)."""
     mod = supernet.layers[layer]
     f, a = _ffn_positions(supernet, layer), _attn_positions(supernet, layer)
     return {
-        "down": _to_original(mod.mlp.down_proj.weight.detach().double(), f, dim=1),   # (C, F)
-        "gate": _to_original(mod.mlp.gate_proj.weight.detach().double(), f, dim=0),   # (F, C)
-        "up": _to_original(mod.mlp.up_proj.weight.detach().double(), f, dim=0),       # (F, C)
-        "o": _to_original(mod.self_attn.o_proj.weight.detach().double(), a, dim=1),   # (C, H*hd)
-        "q": _to_original(mod.self_attn.q_proj.weight.detach().double(), a, dim=0),   # (H*hd, C)
+        "down": _to_original(mod.mlp.down_proj.weight.detach().cpu().double(), f, dim=1),   # (C, F)
+        "gate": _to_original(mod.mlp.gate_proj.weight.detach().cpu().double(), f, dim=0),   # (F, C)
+        "up": _to_original(mod.mlp.up_proj.weight.detach().cpu().double(), f, dim=0),       # (F, C)
+        "o": _to_original(mod.self_attn.o_proj.weight.detach().cpu().double(), a, dim=1),   # (C, H*hd)
+        "q": _to_original(mod.self_attn.q_proj.weight.detach().cpu().double(), a, dim=0),   # (H*hd, C)
     }
 
 

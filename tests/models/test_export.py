@@ -59,5 +59,5 @@ def test_existing_output_is_refused_and_failure_leaves_nothing(tmp_path, monkeyp
 
 
 def test_bad_gguf_dtype(tmp_path):
-    with pytest.raises(ValueError, match="f16, f32"):
+    with pytest.raises(ValueError, match="unknown GGUF type .q4.: use f32, f16, bf16, q8_0"):
         export_subnet(Supernet(tiny_model()), SubnetShape(6), tmp_path / "x", gguf="q4")

@@ -1,7 +1,11 @@
 """GGUF export: readable by gguf-py, loaded back by transformers and llama.cpp with the same logits."""
 from __future__ import annotations
 
+import copy
 import os
+import shutil
+import sys
+import tempfile
 
 import gguf
 import numpy as np
@@ -11,7 +15,10 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (AutoModelForCausalLM, AutoTokenizer, MistralConfig, MistralForCausalLM,
                           PreTrainedTokenizerFast)
 
-from amoeba_search.models.gguf_export import write_gguf
+from amoeba_search.errors import MissingDependency
+from amoeba_search.models import gguf_quantize
+from amoeba_search.models.gguf_export import GGUF_TYPES, write_gguf
+from amoeba_search.models.gguf_quantize import llamacpp_quant_types, quantize_with_llamacpp
 from tests.conftest import tiny_config, tiny_model, tiny_tokenizer
 
 # (family, overrides): the "cut" variants keep head_dim but have fewer heads, so that
@@ -222,3 +229,194 @@ def test_real_smollm2_f16_export_runs_in_llama_cpp(tmp_path):
     llm.reset()
     text = llm("The capital of France is", max_tokens=8, temperature=0.0)["choices"][0]["text"]
     assert "Paris" in text
+
+
+# Rows of 64: a multiple of Q8_0's block of 32, so every weight matrix is quantized (none falls back to f16).
+Q8_SHAPE = {"hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16}
+QTYPE = {"bf16": gguf.GGMLQuantizationType.BF16, "q8_0": gguf.GGMLQuantizationType.Q8_0}
+FILE_TYPE = {"bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
+
+
+def q8_0_bound(w: np.ndarray) -> np.ndarray:
+    """Largest error Q8_0 may make on each value of ``w`` (rows a multiple of 32), from the format alone.
+
+    A block of 32 is stored as int8 q = round(x / d) with d = max|x| / 127, and d kept as f16. So
+    |x - q * f16(d)| <= d / 2 (rounding) + 127 * |d - f16(d)|, where f16 rounding is off by at most
+    d * 2**-11 (normal range) or 2**-25 (subnormal); 1e-4 * d covers the f32 arithmetic on the way.
+    """
+    blocks = np.abs(w.reshape(-1, 32))
+    d = blocks.max(axis=1, keepdims=True) / 127
+    return np.broadcast_to(d * (0.5 + 127 * 2**-11 + 1e-4) + 127 * 2**-25, blocks.shape).reshape(w.shape)
+
+
+def assert_stored_like(dtype: str, got: np.ndarray, want: np.ndarray) -> None:
+    """``got`` (as read back) is ``want`` (fp32) stored as ``dtype``: bf16 exactly, q8_0 within its bound."""
+    if dtype == "bf16":  # gguf-py rounds to nearest even, as torch does
+        np.testing.assert_array_equal(got, torch.tensor(want).to(torch.bfloat16).float().numpy())
+    else:
+        assert (np.abs(got - want) <= q8_0_bound(want)).all()
+
+
+def test_gguf_types_are_the_public_tuple():
+    assert GGUF_TYPES == ("f32", "f16", "bf16", "q8_0")
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "q8_0"])
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_bf16_and_q8_0_tensor_types_and_stored_values(tmp_path, family, dtype):
+    model = tiny_model(family, vocab_size=VOCAB, **Q8_SHAPE)
+    r = gguf.GGUFReader(write_gguf(model, merged_tokenizer(), tmp_path / "m.gguf", dtype=dtype))
+    assert field(r, "general.file_type") == FILE_TYPE[dtype]
+    tensors = {t.name: t for t in r.tensors}
+    for name, t in tensors.items():  # weight matrices take the type; norms and (qwen2's) biases stay f32
+        want = QTYPE[dtype] if name.endswith(".weight") and len(t.shape) == 2 else gguf.GGMLQuantizationType.F32
+        assert t.tensor_type == want, name
+    if family == "qwen2":
+        assert tensors["blk.0.attn_q.bias"].tensor_type == gguf.GGMLQuantizationType.F32
+    # ffn_down and the embeddings are not permuted: compare them as stored (rows = HF rows).
+    for i, layer in enumerate(model.model.layers):
+        t = tensors[f"blk.{i}.ffn_down.weight"]
+        assert_stored_like(dtype, gguf.quants.dequantize(t.data, t.tensor_type), layer.mlp.down_proj.weight.detach().numpy())
+    t = tensors["token_embd.weight"]
+    assert_stored_like(dtype, gguf.quants.dequantize(t.data, t.tensor_type), model.model.embed_tokens.weight.detach().numpy())
+    t = tensors["blk.0.attn_norm.weight"]
+    np.testing.assert_array_equal(t.data, model.model.layers[0].input_layernorm.weight.detach().numpy())
+
+
+def test_q8_0_falls_back_to_f16_when_rows_are_not_a_multiple_of_32(tmp_path):
+    model = tiny_model("llama", vocab_size=VOCAB)  # hidden 48: only ffn_down has rows of 64
+    r = gguf.GGUFReader(write_gguf(model, merged_tokenizer(), tmp_path / "m.gguf", dtype="q8_0"))
+    types = {t.name: t.tensor_type for t in r.tensors}
+    assert field(r, "general.file_type") == gguf.LlamaFileType.MOSTLY_Q8_0
+    assert types["blk.0.ffn_down.weight"] == gguf.GGMLQuantizationType.Q8_0
+    for name in ("blk.0.attn_q.weight", "blk.0.ffn_up.weight", "token_embd.weight", "output.weight"):
+        assert types[name] == gguf.GGMLQuantizationType.F16, name
+    assert types["blk.0.ffn_norm.weight"] == gguf.GGMLQuantizationType.F32
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "q8_0"])
+def test_bf16_and_q8_0_load_back_in_transformers(tmp_path, dtype):
+    # transformers' GGUF loader dequantizes every tensor with gguf-py (any type it knows, Q8_0 and BF16 too)
+    # and undoes the q/k permutation, so every weight can be compared with the original's.
+    model, tok = tiny_model("llama", vocab_size=VOCAB, **Q8_SHAPE), merged_tokenizer()
+    write_gguf(model, tok, tmp_path / "m.gguf", dtype=dtype)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf").eval()
+    want = dict(model.named_parameters())
+    for name, p in loaded.named_parameters():
+        got, ref = p.detach().numpy(), want[name].detach().numpy()
+        if p.dim() == 2:
+            assert_stored_like(dtype, got, ref)
+        else:
+            np.testing.assert_array_equal(got, ref, err_msg=name)
+    # The logits are those of the original with its weights rounded as the file stores them, up to fp32
+    # arithmetic (the tolerance of the f32 round trip above).
+    rounded = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in rounded.parameters():
+            if p.dim() == 2:
+                w = p.detach().numpy()
+                q = gguf.quants.dequantize(gguf.quants.quantize(w, QTYPE[dtype]), QTYPE[dtype])
+                p.copy_(torch.from_numpy(q.reshape(w.shape)))
+    ids = tok(TEXT)["input_ids"]
+    np.testing.assert_allclose(hf_logits(loaded, ids), hf_logits(rounded, ids), atol=1e-4, rtol=0)
+
+
+def test_general_name_is_the_given_name_never_a_temporary_folder(tmp_path):
+    model, tok = tiny_model("llama", vocab_size=VOCAB), merged_tokenizer()
+
+    def name_in_file(**kwargs) -> str:
+        return field(gguf.GGUFReader(write_gguf(model, tok, tmp_path / "n.gguf", dtype="f32", **kwargs)),
+                     "general.name")
+
+    assert name_in_file(name="smollm2-135m d20-f0.75-h0.667") == "smollm2-135m d20-f0.75-h0.667"
+    assert name_in_file() == "model"  # built in code: no name_or_path
+    for source, want in [("/models/SmolLM2-135M-Instruct/", "SmolLM2-135M-Instruct"),
+                         (str(tmp_path / "tmpk3j_x9q"), "model"), ("/home/u/.cache/subnet", "subnet"),
+                         ("/work/.export-1234", "model")]:
+        model.config._name_or_path = source
+        assert name_in_file() == want, source
+    # A subnet saved to a temporary folder and loaded back from it, as models/export.py does.
+    with tempfile.TemporaryDirectory(dir=tmp_path) as tmp:
+        model.save_pretrained(tmp)
+        reloaded = AutoModelForCausalLM.from_pretrained(tmp)
+    assert os.path.basename(reloaded.config.name_or_path).startswith("tmp")
+    r = gguf.GGUFReader(write_gguf(reloaded, tok, tmp_path / "r.gguf", dtype="f32"))
+    assert field(r, "general.name") == "model"
+
+
+def test_llamacpp_quant_types_and_unknown_type(tmp_path):
+    names = llamacpp_quant_types()
+    assert {"Q4_K_M", "Q5_K_S", "Q6_K", "Q8_0", "IQ4_XS", "F16", "BF16", "F32"} <= set(names)
+    assert "GUESSED" not in names
+    with pytest.raises(ValueError, match=r"did you mean 'Q4_K_M'.*known: .*Q5_K_M"):
+        quantize_with_llamacpp(tmp_path / "a.gguf", tmp_path / "b.gguf", "Q4_KM")
+
+
+def without_llama_cpp(monkeypatch) -> None:
+    """Neither llama-quantize on PATH nor an importable llama_cpp, whatever this machine has."""
+    monkeypatch.setattr(gguf_quantize.shutil, "which", lambda name, *a, **k: None)
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # makes `import llama_cpp` raise ImportError
+
+
+def test_quantize_without_llama_cpp_raises_missing_dependency(tmp_path, monkeypatch):
+    src = write_gguf(tiny_model("llama", vocab_size=VOCAB), merged_tokenizer(), tmp_path / "m.gguf", dtype="f32")
+    without_llama_cpp(monkeypatch)
+    with pytest.raises(MissingDependency, match="pip install llama-cpp-python"):
+        quantize_with_llamacpp(src, tmp_path / "q.gguf", "Q4_K_M")
+    assert list(tmp_path.iterdir()) == [src]
+    with pytest.raises(FileNotFoundError):
+        quantize_with_llamacpp(tmp_path / "absent.gguf", tmp_path / "q.gguf", "Q4_K_M")
+
+
+def fake_llama_quantize(folder, body: str) -> None:
+    """An executable named llama-quantize, called as `llama-quantize SRC DST TYPE`, that runs ``body``."""
+    folder.mkdir()
+    exe = folder / "llama-quantize"
+    exe.write_text("#!/bin/sh\n" + body)
+    exe.chmod(0o755)
+
+
+def test_quantize_runs_llama_quantize_on_path_and_renames_only_on_success(tmp_path, monkeypatch):
+    src = tmp_path / "m.gguf"
+    src.write_bytes(b"GGUF")
+    fake_llama_quantize(tmp_path / "bin", 'printf "%s %s" "$(basename "$1")" "$3" > "$2"\n')
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    out = quantize_with_llamacpp(src, tmp_path / "q.gguf", "q4_k_m")
+    assert out == tmp_path / "q.gguf" and out.read_text() == "m.gguf Q4_K_M"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", "m.gguf", "q.gguf"]
+
+    shutil.rmtree(tmp_path / "bin")
+    fake_llama_quantize(tmp_path / "bin", 'echo partial > "$2"\necho "main: failed to quantize: boom" >&2\nexit 1\n')
+    with pytest.raises(RuntimeError, match="exit 1.*boom"):
+        quantize_with_llamacpp(src, tmp_path / "r.gguf", "Q5_K_M")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", "m.gguf", "q.gguf"]
+
+
+def test_q4_k_m_through_llama_cpp_loads_and_runs(tmp_path, monkeypatch):
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    monkeypatch.setattr(gguf_quantize.shutil, "which", lambda name, *a, **k: None)  # use llama_cpp itself
+    # Rows of 256 (k-quants' super-block), so llama.cpp does not fall back to Q5_0 for them.
+    model = tiny_model("llama", vocab_size=VOCAB, hidden_size=256, intermediate_size=256, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=64)
+    tok = merged_tokenizer()
+    src = write_gguf(model, tok, tmp_path / "m-f32.gguf", dtype="f32")
+    dst = quantize_with_llamacpp(src, tmp_path / "m-q4_k_m.gguf", "Q4_K_M")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m-f32.gguf", "m-q4_k_m.gguf"]
+    r = gguf.GGUFReader(dst)
+    assert field(r, "general.file_type") == gguf.LlamaFileType.MOSTLY_Q4_K_M
+    tensors = {t.name: t for t in r.tensors}
+    assert tensors["blk.0.ffn_up.weight"].tensor_type == gguf.GGMLQuantizationType.Q4_K
+    assert tensors["blk.0.attn_norm.weight"].tensor_type == gguf.GGMLQuantizationType.F32
+    # 4 bits: 16 levels over each block's range, a rounding error of about range / 15 / sqrt(12), i.e. some
+    # 8% of the weights' RMS for Gaussian weights; 25% leaves room for llama.cpp's clipping and scale rounding.
+    t = tensors["blk.0.ffn_down.weight"]
+    w = model.model.layers[0].mlp.down_proj.weight.detach().numpy()
+    err = gguf.quants.dequantize(t.data, t.tensor_type) - w
+    assert np.sqrt((err**2).mean()) < 0.25 * np.sqrt((w**2).mean())
+
+    llm = llama_cpp.Llama(str(dst), logits_all=True, n_ctx=64, verbose=False)
+    ids = tok(TEXT)["input_ids"]
+    assert llm.tokenize(TEXT.encode(), add_bos=False) == ids
+    llm.eval(ids)
+    scores = np.asarray(llm.scores[: len(ids)])
+    assert scores.shape == (len(ids), VOCAB) and np.isfinite(scores).all()
