@@ -45,6 +45,9 @@ bench: prepare
 	$(BIN)/python benchmarks/eval_tasks.py
 	$(BIN)/python benchmarks/search.py
 	$(BIN)/python benchmarks/finetune.py
+	$(BIN)/python benchmarks/precision.py
+	$(BIN)/python benchmarks/scale_1b.py
+	$(BIN)/python benchmarks/plan_8b.py
 
 clean:
 	rm -rf $(VENV) $(OUT) *.egg-info

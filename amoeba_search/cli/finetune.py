@@ -63,7 +63,8 @@ def main(argv=None) -> int:
 
         from amoeba_search.finetune.data import load_training_data
         from amoeba_search.finetune.smol import SMoLAdapter, SMoLConfig, default_rank
-        from amoeba_search.finetune.trainer import Trainer, TrainConfig, init_distributed
+        from amoeba_search.distributed import init_distributed
+        from amoeba_search.finetune.trainer import Trainer, TrainConfig
         from amoeba_search.models.session import open_supernet
 
         train = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,

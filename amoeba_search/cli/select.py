@@ -81,6 +81,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
 
     def body():
+        from amoeba_search.distributed import init_distributed
         from amoeba_search.models.session import open_supernet
         from amoeba_search.selection.pipeline import SelectionSettings, select_strategy
 
@@ -95,15 +96,19 @@ def main(argv=None) -> int:
                                      keep_last=args.keep_last, beam=args.beam, width_metric=args.width_metric,
                                      seed=args.seed, batch_size=args.batch_size, cache=args.cache)
         settings.check_names()
-        compute = compute_of(args)
+        rank, world = init_distributed()  # torchrun: the processes split every DP row's evaluations
+        compute = compute_of(args, rank=rank)
         loaded = open_supernet(args.model, **load_options(args, compute))
         settings = settings.checked(loaded.supernet.dims.num_layers)  # bad options fail before any compute
         ckpt = checkpoint_path(args.out)
         if args.resume and not ckpt.is_file():
             raise FileNotFoundError(f"nothing to resume: {ckpt} does not exist; run without --resume")
         result = select_strategy(loaded.supernet, loaded.tokenizer, loaded.fingerprint, settings,
-                                 checkpoint=ckpt, resume=args.resume, progress=not args.json,
-                                 command=canonical_command(args, compute.dtype_name), bias_compensation=args.bias_compensation)
+                                 checkpoint=ckpt, resume=args.resume,  # every process writes the same rows
+                                 progress=not args.json and rank == 0, command=canonical_command(args, compute.dtype_name),
+                                 bias_compensation=args.bias_compensation)
+        if rank != 0:
+            return
         result.strategy.save(args.out)
         ckpt.unlink(missing_ok=True)
         strategy = result.strategy
@@ -112,7 +117,7 @@ def main(argv=None) -> int:
                    "depths": strategy.depths,
                    "depth_layers": {str(d): strategy.depth_layers[d] for d in strategy.depths},
                    "depth_metric": {str(d): strategy.depth_metric.get(d) for d in strategy.depths},
-                   "compute": compute.to_dict(),
+                   "compute": compute.to_dict(), "processes": world,
                    **result.report}
         if args.json:
             emit_json(summary)

@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
+from amoeba_search.distributed import barrier, rank_world
 from amoeba_search.errors import AmoebaError
 from amoeba_search.finetune.data import TrainingData
 from amoeba_search.finetune.losses import balance, distill_loss, lm_loss
@@ -76,20 +77,6 @@ class TrainConfig:
         return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def init_distributed() -> tuple[int, int]:
-    """Join the process group when launched by ``torchrun`` (WORLD_SIZE > 1); return (rank, world size)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and dist.is_available() and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return _rank_world()
-
-
-def _rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 class Trainer:
     """Fine-tune ``adapter`` on ``loaded``'s supernet over ``space`` with ``data``; files go to ``out_dir``."""
 
@@ -98,7 +85,7 @@ class Trainer:
         self.loaded, self.adapter, self.data, self.config = loaded, adapter, data, config
         self.supernet = loaded.supernet
         self.space, self.out = space, Path(out_dir)
-        self.rank, self.world = _rank_world()
+        self.rank, self.world = rank_world()
         self.run_info = {"train": asdict(config), "adapter": adapter.describe(), "data": data.description,
                          "space": {k: v for k, v in space.to_dict().items() if k != "dims"},
                          "world_size": self.world, **(run_info or {})}
@@ -130,7 +117,7 @@ class Trainer:
                 self.save_checkpoint()
         if self.rank == 0:
             self.adapter.save(self.out / "adapter", extra={"run": str(self.out), "step": self.step})
-        _barrier()
+        barrier()
         self.adapter.eval()
         return {"out": str(self.out), "steps": self.step, "adapter": str(self.out / "adapter"),
                 "checkpoint": str(self.latest_checkpoint())}
@@ -217,7 +204,7 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(run_file, json.dumps(self.run_info, indent=2, default=str) + "\n")
             self._truncate_log(self.step)
-        _barrier()
+        barrier()
 
     def _check_same_run(self, previous: dict) -> None:
         before, now = previous.get("train", {}), self.run_info["train"]
@@ -242,7 +229,7 @@ class Trainer:
                     {"step": self.step, "optimizer": meta, "train": asdict(self.config)}, indent=2))
             for old in sorted((self.out / "checkpoints").glob("step-*"))[:-self.config.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
-        _barrier()
+        barrier()
         return path
 
     def load_checkpoint(self, path: Path) -> None:
@@ -283,11 +270,6 @@ def read_log(out_dir) -> list[dict]:
         rows = list(csv.DictReader(handle))
     return [{k: (v if k == "shapes" else int(v) if k in ("step", "tokens") else float(v)) for k, v in r.items()}
             for r in rows]
-
-
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from amoeba_search.distributed import ShardedObjective, rank_world
 from amoeba_search.selection.calibration import (METRICS, MultipleChoiceMetric, PerplexityMetric, check_metric_name,
                                                  lm_eval_items, load_mc_items, spread_blocks)
 from amoeba_search.selection.depth_baselines import (angular_layers, drop_last_layers, hidden_similarity,
@@ -126,6 +127,8 @@ def select_strategy(supernet, tokenizer, fingerprint: dict, settings: SelectionS
     t_width = time.perf_counter() - t0
 
     objective = ModelObjective(supernet, metric, cache=settings.cache)
+    if settings.method == "dp" and rank_world()[1] > 1:
+        objective = ShardedObjective(objective)  # torchrun: each process scores its share of every DP row
     t0 = time.perf_counter()
     extra: dict[str, Any] = {}
     if settings.method == "dp":

@@ -11,19 +11,10 @@ from amoeba_search.cli import finetune as finetune_cli
 from amoeba_search.cli import ppl as ppl_cli
 from amoeba_search.cli import search as search_cli
 from amoeba_search.cli import select as select_cli
-from tests.conftest import tiny_model, tiny_tokenizer
 
 LLAMA_8B = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
             "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
             "vocab_size": 128256, "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "tie_word_embeddings": False}
-
-
-@pytest.fixture
-def model_dir(tmp_path):
-    path = tmp_path / "tiny"
-    tiny_model().save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
-    return path
 
 
 @pytest.fixture

@@ -6,15 +6,7 @@ from transformers import AutoModelForCausalLM
 
 from amoeba_search.cli import export as export_cli
 from amoeba_search.cli import ppl as ppl_cli
-from tests.conftest import tiny_model, tiny_tokenizer
-
-
-@pytest.fixture
-def model_dir(tmp_path):
-    path = tmp_path / "tiny"
-    tiny_model().save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
-    return path
+from tests.conftest import tiny_model
 
 
 def test_export_and_score_a_subnet(model_dir, tmp_path, capsys):

@@ -4,16 +4,12 @@ import pytest
 
 from amoeba_search.cli import select as select_cli
 from amoeba_search.selection.strategy import SelectionStrategy
-from tests.conftest import tiny_model, tiny_tokenizer
 
 
 @pytest.fixture
-def model_dir(tmp_path, monkeypatch):
+def model_dir(model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("AMOEBA_CACHE", str(tmp_path / "cache"))
-    path = tmp_path / "tiny"
-    tiny_model().save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
-    return path
+    return model_dir
 
 
 @pytest.fixture
