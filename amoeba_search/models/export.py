@@ -69,7 +69,7 @@ def check_gguf_type(gguf: str | None) -> None:
     from amoeba_search.models.gguf_export import GGUF_TYPES
     from amoeba_search.models.gguf_quantize import llamacpp_quant_types
 
-    if gguf is not None and gguf not in GGUF_TYPES and gguf not in llamacpp_quant_types():
+    if gguf is not None and gguf not in GGUF_TYPES and gguf.upper() not in llamacpp_quant_types():
         raise ValueError(f"unknown GGUF type {gguf!r}: use {', '.join(GGUF_TYPES)} (gguf-py), or a llama.cpp "
                          f"type such as {', '.join(llamacpp_quant_types()[:4])} (needs llama-cpp-python)")
 

@@ -37,7 +37,7 @@ class LoadedSupernet:
 
     def space(self, **kwargs) -> SearchSpace:
         """The default search space of this model, limited to the depths the strategy covers."""
-        if self.strategy is not None and "min_depth" not in kwargs:
+        if self.strategy is not None and kwargs.get("min_depth") is None:
             kwargs["min_depth"] = min(self.strategy.depth_layers)
         return SearchSpace.default(self.supernet.dims, **kwargs)
 
