@@ -148,14 +148,16 @@ class SearchSpace:
     @classmethod
     def default(cls, dims: ModelDims, *, min_depth: int | None = None, depth_step: int = 1,
                 ffn_ratios: Sequence[float] = (0.5, 0.625, 0.75, 0.875, 1.0)) -> "SearchSpace":
-        """Depths from ``min_depth`` (half the layers by default) to all, every GQA-valid head count."""
+        """Depths from ``min_depth`` (half the layers by default) to all; every GQA-valid head count that
+        divides the hidden size (transformers refuses a Llama/Qwen2 config whose heads do not, so an export of
+        such a shape could not be loaded: Llama-3.2-1B keeps 8, 16 and 32 of its 32 heads, not 24)."""
         n = dims.num_layers
         min_depth = max(1, n // 2) if min_depth is None else min_depth
         if not 1 <= min_depth <= n:
             raise ValueError(f"min_depth must lie in 1..{n}, got {min_depth}")
         depths = sorted(set(range(n, min_depth - 1, -depth_step)) | {min_depth})
         group = dims.group_size
-        heads = [g / group for g in range(1, group + 1)]
+        heads = [g / group for g in range(1, group + 1) if dims.hidden_size % (g * dims.num_kv_heads) == 0]
         return cls(dims, tuple(depths), tuple(ffn_ratios), tuple(heads))
 
     def __contains__(self, shape: SubnetShape) -> bool:

@@ -39,14 +39,17 @@ BIN = Path(sys.executable).parent
 
 
 def byte_tokenizer():
-    """A byte-level BPE tokenizer (single bytes, no merges): real text in, ids far below the model's vocab."""
+    """A byte-level BPE tokenizer (single bytes and two merges, which llama.cpp needs): real text in, ids far
+    below the model's vocab."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {tok: i for i, tok in enumerate(["<unk>", "<s>", "</s>"])}
     for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
         vocab[ch] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    for merged in ("Ġt", "he"):
+        vocab[merged] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[("Ġ", "t"), ("h", "e")], unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
@@ -128,7 +131,8 @@ def main() -> int:
                          "--data", "wiki", "--steps", "3", "--batch-size", "1", "--seq-len", "64",
                          "--random-shapes", "1", "--checkpoint-every", "3", "--out", str(ft), "--json", *dtype],
             results, args.out)
-        shapes = ",".join(f"d{d}-f{f}-h{h}" for d in (12, 16) for f in (0.5, 1) for h in (0.5, 1))
+        # the corners of the search space (depths 12..16, FFN 0.5..1, heads 1/4..1): the table's range
+        shapes = ",".join(f"d{d}-f{f}-h{h}" for d in (12, 16) for f in (0.5, 1) for h in (0.25, 1))
         run("profile-torch", [str(BIN / "amoeba-profile"), "--device", "cpu", "--flow", "torch", "--model",
                               str(model), "--shapes", shapes, "--holdout", "0", "--prompt-len", "32",
                               "--context-len", "40", "--repeats", "3", "--max-rounds", "1", "--out", str(table),

@@ -71,3 +71,16 @@ def test_space_json_round_trip():
     space = SearchSpace.default(SMOL, min_depth=20, depth_step=2)
     assert SearchSpace.from_json(space.to_json()) == space
     assert space.encode(SubnetShape(30, 0.5, 1)) == [1.0, 0.5, 1.0]
+
+
+def test_default_space_keeps_only_head_counts_that_divide_the_hidden_size():
+    from transformers import LlamaConfig
+
+    from amoeba_search.shapes import ModelDims, SearchSpace
+
+    llama_1b = ModelDims.from_config(LlamaConfig(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32,
+                                                 num_key_value_heads=8, head_dim=64, intermediate_size=8192))
+    assert SearchSpace.default(llama_1b).heads_ratios == (0.25, 0.5, 1.0)  # 24 heads do not divide 2048
+    smollm2 = ModelDims.from_config(LlamaConfig(hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
+                                                num_key_value_heads=3, head_dim=64, intermediate_size=1536))
+    assert len(SearchSpace.default(smollm2).heads_ratios) == 3
