@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from amoeba_search.paths import atomic_write_text  # noqa: E402
+from amoeba_search.profiling.machine import detect_machine  # noqa: E402
 
 LLAMA_3_1_8B = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
                 "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
@@ -34,7 +35,9 @@ DEVICES = ("h100", "a5000")
 
 def main() -> int:
     out = ROOT / "benchmarks" / "results" / "plan-8b.json"
-    results = {"config": LLAMA_3_1_8B, "plans": {}}
+    machine = detect_machine()  # the plans are computed, not measured: the same on any machine
+    results = {"machine": {"cpu_model": machine.cpu_model, "cpu_cores": machine.cpu_cores},
+               "config": LLAMA_3_1_8B, "plans": {}}
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "config.json").write_text(json.dumps(LLAMA_3_1_8B))
         for device in DEVICES:

@@ -40,7 +40,6 @@ def quiet_libraries() -> None:
     logging.disable_progress_bar()
 
 
-
 def add_compute_arguments(parser, *, device_flag: str = "--device", device_map: bool = False) -> None:
     """``--device`` and ``--dtype`` of the model's own computation. Where ``--device`` already names the target
     device of a latency table (search, profile), the computation's device is ``--compute-device``."""

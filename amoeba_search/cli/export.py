@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from amoeba_search.cli._common import emit_json, run
+from amoeba_search.compute import DTYPE_CHOICES
 
 PROG = "amoeba-export"
 
@@ -23,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--layers", help="comma-separated kept layer indices (instead of a strategy)")
     parser.add_argument("--adapter", help="fine-tuned SMoL adapter (amoeba-finetune --out): its mixture for "
                         "--shape is merged into the weights, so the export needs no adapter code")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+    parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
                         help="dtype of the exported safetensors; auto keeps the source checkpoint's "
                              "(default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="where the weights are cut and merged: cpu, cuda or "

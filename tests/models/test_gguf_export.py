@@ -332,7 +332,7 @@ def test_general_name_is_the_given_name_never_a_temporary_folder(tmp_path):
     assert name_in_file() == "model"  # built in code: no name_or_path
     for source, want in [("/models/SmolLM2-135M-Instruct/", "SmolLM2-135M-Instruct"),
                          (str(tmp_path / "tmpk3j_x9q"), "model"), ("/home/u/.cache/subnet", "subnet"),
-                         ("/work/.export-1234", "model")]:
+                         ("/data/.export-1234", "model")]:
         model.config._name_or_path = source
         assert name_in_file() == want, source
     # A subnet saved to a temporary folder and loaded back from it, as models/export.py does.
