@@ -1,8 +1,9 @@
 """Several processes (``torchrun``) sharing one job: the process group, and work split by item.
 
 Fine-tuning splits batches (data parallel, in the trainer); selection splits the candidate evaluations of a DP
-row: each process scores every ``world``-th candidate and all of them gather the scores, so every process
-holds the same table and the same result.
+row, and search the shapes it evaluates: each process scores every ``world``-th item and all of them gather
+the scores, so every process holds the same table and the same result. What must happen once (an Optuna study
+in a shared database, a file written) runs on rank 0 and is handed to the others (``from_rank0``).
 """
 from __future__ import annotations
 
@@ -46,6 +47,16 @@ def shard_map(fn: Callable[[list], list[T]], items: Sequence) -> list[T]:
     for r, part in enumerate(gathered):
         out[r::world] = part
     return out
+
+
+def from_rank0(fn: Callable[[], T]) -> T:
+    """``fn()`` run on rank 0 only; every process gets its result."""
+    rank, world = rank_world()
+    if world == 1:
+        return fn()
+    box = [fn() if rank == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 class ShardedObjective:

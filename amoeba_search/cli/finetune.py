@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-balance", action="store_true", help="turn loss-magnitude balancing off (ablation)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--checkpoint-every", type=int, default=50)
+    g.add_argument("--keep-checkpoints", type=int, default=2, help="newest checkpoints kept (default: %(default)s)")
     a = parser.add_argument_group("SMoL adapter")
     a.add_argument("--experts", type=int, default=5, help="LoRA experts T (default 5)")
     a.add_argument("--top-k", type=int, default=2, help="experts mixed per shape (default 2)")
@@ -70,7 +71,8 @@ def main(argv=None) -> int:
         train = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                             warmup_steps=args.warmup_steps, num_random=args.random_shapes,
                             distill=not args.no_distill, label_weight=args.label_weight,
-                            balance=not args.no_balance, seed=args.seed, checkpoint_every=args.checkpoint_every)
+                            balance=not args.no_balance, seed=args.seed, checkpoint_every=args.checkpoint_every,
+                            keep_checkpoints=args.keep_checkpoints)
         if args.dry_run:
             return _dry_run(args)
         if args.out is None:

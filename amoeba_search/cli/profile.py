@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add a device from a spec file (repeatable)")
     p.add_argument("--force-device", action="store_true", help="label measurements with --device even if this "
                                                                 "machine is not that device")
+    p.add_argument("--compute-device", metavar="DEVICE",
+                   help="the local device the flow runs on, e.g. cuda:1 (default: the --device's own: cpu, or the "
+                        "first GPU); the same flag as amoeba-search's")
     p.add_argument("--compile", action="store_true", help="torch flow: run through torch.compile")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores this process may use)")
     p.add_argument("--repeats", type=int, default=7, help="timed repeats per measurement round (default 7)")
@@ -107,6 +110,19 @@ def _list_flows(args) -> int:
     return 0
 
 
+def _compute_device(name: str | None, spec) -> str | None:
+    """``--compute-device`` checked (it exists here) and of the kind the target device is (a GPU for a GPU)."""
+    if name is None:
+        return None
+    from amoeba_search.compute import parse_device
+
+    device = parse_device(name)
+    if device.type != ("cuda" if spec.backend == "cuda" else "cpu"):
+        raise ValueError(f"--compute-device {name} cannot stand for {spec.name} (a {spec.kind} device); "
+                         f"give a {'CUDA GPU, e.g. cuda:0' if spec.backend == 'cuda' else 'cpu'} or leave it out")
+    return str(device)
+
+
 def _run(args) -> int:
     from amoeba_search.profiling import profiles_dir
     from amoeba_search.profiling.devices import check_device, get_device, measured_cpu_spec
@@ -133,6 +149,7 @@ def _run(args) -> int:
     flow_name = resolve_flow_name(args.flow)
     spec = get_device(args.device, profiles=profiles, spec_files=args.device_spec)
     args.device = spec.name
+    compute_device = _compute_device(args.compute_device, spec)
     machine = detect_machine()
     check_device(spec, machine, force=args.force_device)
     if spec.kind == "cpu":
@@ -168,7 +185,7 @@ def _run(args) -> int:
                              holdout=args.holdout, seed=args.seed, resume=args.resume, overwrite=args.overwrite,
                              max_rounds=args.max_rounds, target_spread=args.target_spread,
                              max_other_load=args.max_other_load, max_attempts=args.max_attempts,
-                             wait_idle_s=args.wait_idle, passes=args.passes)
+                             wait_idle_s=args.wait_idle, passes=args.passes, compute_device=compute_device)
     from tqdm import tqdm
 
     bar = {}

@@ -21,7 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "budget, using a measured latency table of the target device and flow and an accuracy "
                     "predictor fit on real evaluations of the supernet. Writes front.json, front.csv, "
                     "points.csv and pareto.png to --out.",
-        epilog="example: amoeba-search --budget-ms 40 --device cpu --flow torch --export-best out/best")
+        epilog="example: amoeba-search --budget-ms 40 --device cpu --flow torch --export-best out/best   "
+               "(several GPUs: torchrun --nproc_per_node 4 $(which amoeba-search) ... splits the evaluations)")
     parser.add_argument("--budget-ms", type=float, required=True, help="latency budget in milliseconds (per token for decode)")
     where = parser.add_argument_group("latency table (one of)")
     where.add_argument("--device", help="device whose table to use (default: cpu); with --table, checked against it")
@@ -118,7 +119,10 @@ def main(argv=None) -> int:
         if args.storage:
             _check_storage(args.storage)
 
-        compute = compute_of(args)
+        from amoeba_search.distributed import init_distributed
+
+        rank, world = init_distributed()  # torchrun: the processes split the shapes the search evaluates
+        compute = compute_of(args, rank=rank)
         loaded = open_supernet(args.model, strategy, adapter=args.adapter, dtype=compute.dtype, device=compute.device)
         config = loaded.supernet.base_config
         if table is None:
@@ -176,8 +180,10 @@ def main(argv=None) -> int:
                       predictor_path=predictor_path, method=args.method, trials=args.trials, storage=storage,
                       study_name=f"amoeba-{args.method}-{args.budget_ms:g}ms-{tag}", seed=args.seed,
                       verify=not args.no_verify, measure_latency=measure,
-                      layers_for=loaded.layers_for, settings=settings, progress=_progress(not args.json),
-                      **memory_kwargs)
+                      layers_for=loaded.layers_for, settings=settings,
+                      progress=_progress(not args.json and rank == 0), **memory_kwargs)
+        if rank != 0:
+            return
         paths = write_outputs(job, args.out, title=f"{args.model}: {flow} on {device}, "
                                                    f"budget {args.budget_ms:g} ms")
         summary = job.to_dict()

@@ -92,6 +92,7 @@ class ProfileRequest:
     max_attempts: int = 3        # measure again (keeping the least disturbed) while other load is above that
     wait_idle_s: float = 0.0     # before each attempt, wait up to this long for other load to drop below it
     passes: int = 1              # rows per shape, measured in separate passes over the plan
+    compute_device: str | None = None  # the local device the flow runs on (e.g. cuda:1); default the backend's
 
     def key(self) -> dict:
         return {"device": self.device.name, "machine": machine_label(self.device, self.machine),
@@ -245,7 +246,8 @@ def _measure_least_disturbed(request: ProfileRequest, flow: Flow, checkpoint: Pa
         sampler = PowerSampler(power_source).start() if power_source is not None else None
         start = cpu_snapshot()
         try:
-            m, energy = measure_shape(flow, checkpoint, workdir, request.settings, request.device.backend,
+            m, energy = measure_shape(flow, checkpoint, workdir, request.settings,
+                                      request.compute_device or request.device.backend,
                                       sampler=sampler, max_rounds=request.max_rounds,
                                       target_spread=request.target_spread)
         finally:

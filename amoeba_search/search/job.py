@@ -14,6 +14,7 @@ from typing import Any, Callable
 import numpy as np
 from scipy.stats import spearmanr
 
+from amoeba_search.distributed import from_rank0, rank_world
 from amoeba_search.search.oracle import MetricOracle, design_sample
 from amoeba_search.search.predictors import Predictor, fit_best, load_predictor, save_predictor
 from amoeba_search.search.search import SearchResult, search
@@ -55,13 +56,13 @@ def fit_or_load_predictor(space: SearchSpace, oracle: MetricOracle, path: Path |
     tick = (lambda shape: progress("evaluating shapes", next(counter), total)) if progress else None
     y_train = list(oracle(train, tick))
     y_holdout = oracle(holdout, tick)
-    predictor, cv = fit_best(space, train, y_train, seed=seed)
+    predictor, cv = from_rank0(lambda: fit_best(space, train, y_train, seed=seed))
     predicted = predictor.predict(holdout)
     report = PredictorReport(kind=predictor.kind, train_shapes=len(train), holdout_shapes=len(holdout),
                              holdout_spearman=float(spearmanr(predicted, y_holdout).statistic),
                              holdout_mare=float(np.mean(np.abs(predicted / y_holdout - 1))),
                              cross_validation=cv, reused=False)
-    if path is not None:
+    if path is not None and rank_world()[0] == 0:
         report_dict = report.to_dict()
         report_dict.pop("reused")
         save_predictor(predictor, path, oracle_settings=oracle.settings, report=report_dict,
@@ -153,15 +154,20 @@ def run_job(space: SearchSpace, oracle: MetricOracle, latency_fn: Callable[[Subn
     seconds["predictor"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    result = search(space, predictor.predict, lambda shapes: np.array([latencies[s] for s in shapes]),
-                    budget_ms=budget_ms, method=method, trials=trials, storage=storage,
-                    study_name=study_name, seed=seed, memory_budget_mb=memory_budget_mb,
-                    memory_fn=None if memory is None else (lambda shapes: np.array([memory[s] for s in shapes])))
+    # one study (in one database) under torchrun: rank 0 searches, every process gets the front
+    result = from_rank0(lambda: search(
+        space, predictor.predict, lambda shapes: np.array([latencies[s] for s in shapes]),
+        budget_ms=budget_ms, method=method, trials=trials, storage=storage, study_name=study_name, seed=seed,
+        memory_budget_mb=memory_budget_mb,
+        memory_fn=None if memory is None else (lambda shapes: np.array([memory[s] for s in shapes]))))
     seconds["search"] = time.perf_counter() - start
 
     start = time.perf_counter()
     verified = []
     if verify:
+        rank, world = rank_world()
+        if world > 1:
+            oracle([p.shape for p in result.front])  # the front's evaluations, split over the processes
         for i, point in enumerate(result.front):
             if progress:
                 progress("verifying the front", i + 1, len(result.front))
@@ -169,7 +175,7 @@ def run_job(space: SearchSpace, oracle: MetricOracle, latency_fn: Callable[[Subn
                       "metric_source": f"measured ({oracle.settings.get('metric')} on the supernet)"}
             if point.shape in oracle.details:
                 record["details"] = oracle.details[point.shape]
-            if measure_latency is not None:
+            if measure_latency is not None and rank == 0:  # one process times, so none disturbs another
                 record["latency_ms"] = float(measure_latency(point.shape))
                 record["latency_source"] = "measured now"
             verified.append(record)

@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from amoeba_search.distributed import rank_world, shard_map
 from amoeba_search.paths import atomic_write_text
 from amoeba_search.shapes import SearchSpace, SubnetShape
 
@@ -42,22 +43,39 @@ class MetricOracle:
                 self.details = {SubnetShape.parse(k): v for k, v in data.get("details", {}).items()}
 
     def __call__(self, shapes: Sequence[SubnetShape], progress: Callable[[SubnetShape], None] | None = None) -> np.ndarray:
+        """The metrics of ``shapes``. Under ``torchrun`` every process must call this with the same shapes: the
+        shapes not known yet are split over the processes and every process gets all the metrics."""
+        if rank_world()[1] > 1:
+            missing = [s for s in dict.fromkeys(shapes) if s not in self.values]
+            for shape, result in zip(missing, shard_map(lambda part: [self._evaluate(s) for s in part], missing)):
+                self._store(shape, *result)
+            self.evaluations += len(missing)
+            if missing:
+                self._save()
         for shape in shapes:
             if shape not in self.values:
-                start = time.perf_counter()
-                result = self.evaluate_one(shape)
-                self.seconds[shape] = time.perf_counter() - start
-                if isinstance(result, tuple):
-                    result, self.details[shape] = result
-                self.values[shape] = float(result)
+                self._store(shape, *self._evaluate(shape))
                 self.evaluations += 1
                 self._save()
             if progress is not None:
                 progress(shape)
         return np.array([self.values[s] for s in shapes])
 
+    def _evaluate(self, shape: SubnetShape) -> tuple[float, float, dict | None]:
+        """(metric, seconds, details or None) of one real evaluation."""
+        start = time.perf_counter()
+        result = self.evaluate_one(shape)
+        seconds = time.perf_counter() - start
+        result, details = result if isinstance(result, tuple) else (result, None)
+        return float(result), seconds, details
+
+    def _store(self, shape: SubnetShape, value: float, seconds: float, details: dict | None) -> None:
+        self.values[shape], self.seconds[shape] = value, seconds
+        if details is not None:
+            self.details[shape] = details
+
     def _save(self) -> None:
-        if self.cache_path is not None:
+        if self.cache_path is not None and rank_world()[0] == 0:
             data = {"settings": self.settings, "metrics": {str(k): v for k, v in sorted(self.values.items())},
                     "seconds": {str(k): round(v, 3) for k, v in sorted(self.seconds.items())}}
             if self.details:

@@ -122,3 +122,24 @@ def test_dry_run_plans_an_8b_model_without_weights(llama_8b_config, capsys):
         assert plan["estimated_seconds"] > 0 and plan["device"] == "h100" and plan["peak_memory_bytes"] > 2 * params
     assert select_cli.main(["--model", str(llama_8b_config), "--dry-run"]) == 0
     assert "the plan of this select job" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("device, message", [("tpu", "unknown device 'tpu'"), ("cuda:0", "no CUDA device here")])
+def test_profile_compute_device_is_checked_before_measuring(tmp_path, capsys, no_gpu_avx2_cpu, device, message):
+    from amoeba_search.cli import profile as profile_cli
+
+    out = tmp_path / "t.csv"
+    code = profile_cli.main(["--device", "cpu", "--flow", "torch", "--compute-device", device, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_profile_compute_device_must_be_of_the_target_devices_kind():
+    from amoeba_search.cli.profile import _compute_device
+    from amoeba_search.profiling.devices import get_device
+
+    assert _compute_device("cpu", get_device("cpu")) == "cpu"
+    assert _compute_device(None, get_device("a5000")) is None
+    with pytest.raises(ValueError, match="cannot stand for a5000"):
+        _compute_device("cpu", get_device("a5000"))

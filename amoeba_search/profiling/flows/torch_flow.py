@@ -84,11 +84,10 @@ class TorchFlow:
 
         if settings.dtype not in _DTYPES:
             raise ValueError(f"the torch flow runs {', '.join(_DTYPES)}, not {settings.dtype!r}")
-        device = "cuda" if device.startswith("cuda") else "cpu" if device == "cpu" else device
-        if device == "cuda" and not torch.cuda.is_available():
+        if device.startswith("cuda") and not torch.cuda.is_available():
             raise FlowUnavailable("the torch flow was asked for CUDA, but torch sees no CUDA GPU "
                                   f"(torch {torch.__version__} {'is a CPU build' if torch.version.cuda is None else ''})")
-        if device not in ("cpu", "cuda"):
+        if device != "cpu" and not device.startswith("cuda"):
             raise ValueError(f"the torch flow runs on 'cpu' or 'cuda', not {device!r}")
         if settings.threads:
             torch.set_num_threads(settings.threads)
@@ -103,10 +102,10 @@ class TorchFlow:
         return _Handle(model=model, device=device, rss_before_load=rss_before, vocab_size=model.config.vocab_size)
 
     def _sync(self, handle: _Handle) -> None:
-        if handle.device == "cuda":
+        if handle.device.startswith("cuda"):
             import torch
 
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(handle.device)
 
     def _one_pass(self, handle: _Handle, ids, decode_tokens: int):
         """Prefill ``ids`` then decode ``decode_tokens`` greedy tokens.
@@ -144,8 +143,8 @@ class TorchFlow:
         ids = torch.randint(3, handle.vocab_size, (settings.batch, settings.prompt_len), generator=generator)
         ids = ids.to(handle.device)
         decode_tokens = max(0, settings.decode_tokens)
-        if handle.device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
+        if handle.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats(handle.device)
         peak_reset = handle.device == "cpu" and reset_peak_rss()
         prefill_windows, decode_windows = [], []
         with torch.inference_mode():
@@ -168,8 +167,8 @@ class TorchFlow:
                                      [med for med, _ in step_stats]), 4) if decode_tokens else None,
                                  "warmup_passes": self.warmup, "device": handle.device,
                                  "threads": torch.get_num_threads() if handle.device == "cpu" else None}
-        if handle.device == "cuda":
-            peak = torch.cuda.max_memory_allocated()
+        if handle.device.startswith("cuda"):
+            peak = torch.cuda.max_memory_allocated(handle.device)
             extra["memory_kind"] = "cuda-max-allocated"
         else:
             peak = peak_growth(handle.rss_before_load, peak_reset)
@@ -180,7 +179,7 @@ class TorchFlow:
         device = handle.device
         handle.model = None
         gc.collect()
-        if device == "cuda":
+        if device.startswith("cuda"):
             import torch
 
             torch.cuda.empty_cache()
