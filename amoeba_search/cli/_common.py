@@ -56,6 +56,31 @@ def add_compute_arguments(parser, *, device_flag: str = "--device", device_map: 
                        help="memory --device-map may use per device, e.g. 0=70GiB,1=70GiB,cpu=200GiB")
 
 
+def add_artefact_arguments(parser, *, layers: bool = False) -> None:
+    """``--strategy``, ``--adapter`` and ``--no-adapter`` (and ``--layers``): the supernet a command runs on.
+    Their defaults (the committed artefacts of the default model) are resolved by ``artefacts_of``."""
+    from pathlib import Path
+
+    g = parser.add_argument_group("supernet (default for smollm2-135m: its committed strategy and fine-tuned adapter)")
+    g.add_argument("--strategy", type=Path,
+                   help="selection strategy JSON from amoeba-select (default for smollm2-135m: "
+                        "profiles/smollm2-135m/strategy-beam4.json; none for other models)")
+    if layers:
+        g.add_argument("--layers", help="comma-separated kept layer indices (instead of a strategy)")
+    g.add_argument("--adapter", type=Path,
+                   help="fine-tuned SMoL adapter: an amoeba-finetune --out or checkpoint (default for smollm2-135m "
+                        "with its default strategy: profiles/smollm2-135m/adapter)")
+    g.add_argument("--no-adapter", action="store_true", help="run the supernet without the default adapter")
+
+
+def artefacts_of(args):
+    """The ``defaults.Artefacts`` of ``add_artefact_arguments``' flags."""
+    from amoeba_search.defaults import resolve_artefacts
+
+    return resolve_artefacts(args.model, args.strategy, args.adapter, no_adapter=args.no_adapter,
+                             layers=bool(getattr(args, "layers", None)))
+
+
 def parse_max_memory(text: str) -> dict:
     """``0=70GiB,cpu=100GiB`` as accelerate's ``max_memory`` ({0: "70GiB", "cpu": "100GiB"})."""
     import argparse

@@ -5,7 +5,8 @@ import argparse
 import json
 from pathlib import Path
 
-from amoeba_search.cli._common import add_compute_arguments, compute_line, compute_of, emit_json, load_options, run
+from amoeba_search.cli._common import (add_artefact_arguments, add_compute_arguments, artefacts_of, compute_line,
+                                       compute_of, emit_json, load_options, run)
 
 PROG = "amoeba-eval"
 PPL_HELP = "ppl:<source>: perplexity on wiki, austen, lee, or a .txt/.jsonl file"
@@ -19,17 +20,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "on held-out text), or any lm-eval task name where its data set can be downloaded.",
         epilog="examples:\n"
                "  amoeba-eval --prepare-tasks\n"
-               "  amoeba-eval --shape d24-f0.75-h0.667 --strategy profiles/smollm2-135m/strategy.json "
+               "  amoeba-eval --shape d22-f0.75-h0.667 "
                "--tasks amoeba_goal_inference,ppl:wiki --limit 200\n"
                "  amoeba-eval --model out/d24-f0.75-h0.667 --tasks amoeba_goal_inference --json --out eval.json",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m",
                         help="alias, local HF directory (e.g. an amoeba-export output), .gguf file or HF id")
     parser.add_argument("--shape", help="subnet shape, e.g. d24-f0.75-h0.667 (default: the full model)")
-    parser.add_argument("--strategy",
-                        help="selection strategy JSON (kept layers and width orders; needed below full depth)")
-    parser.add_argument("--layers", help="comma-separated kept layer indices (instead of a strategy)")
-    parser.add_argument("--adapter", help="fine-tuned SMoL adapter (an amoeba-finetune --out or checkpoint)")
+    add_artefact_arguments(parser, layers=True)
     parser.add_argument("--tasks", help="comma-separated: amoeba_<task>[_calib], a .jsonl task file, ppl:<source>, "
                                         "or lm-eval task names (those need their data set from the hub)")
     parser.add_argument("--limit", type=int, help="at most N items per task (the first N of each)")
@@ -123,12 +121,14 @@ def main(argv=None) -> int:
         resolve_tasks(args.tasks, task_dir=args.task_dir)  # fail on a bad name before loading any weights
         layers = [int(i) for i in args.layers.split(",")] if args.layers else None
         compute = compute_of(args)
-        model, tokenizer, shape = _open(args, layers, load_options(args, compute))
+        used = artefacts_of(args)
+        model, tokenizer, shape = _open(args, used, layers, load_options(args, compute))
         record = evaluate_tasks(model, tokenizer, args.tasks, limit=args.limit, shape=shape, layers=layers,
                                 batch_size=args.batch_size, task_dir=args.task_dir, ppl_seq_len=args.ppl_seq_len,
                                 ppl_blocks=args.ppl_blocks)
         record["model"] = args.model
         record["compute"] = compute.to_dict()
+        record.update(used.to_dict())
         if args.out:
             from amoeba_search.paths import atomic_write_text
 
@@ -140,25 +140,26 @@ def main(argv=None) -> int:
         else:
             print(format_table(record))
             print(compute_line(compute, args))
+            print(f"used {used.describe()}")
 
     return run(PROG, body)
 
 
-def _open(args, layers, options):
+def _open(args, used, layers, options):
     """An exported checkpoint as it is; anything else as a supernet cut to --shape."""
     from amoeba_search.models.export import PROVENANCE_FILE
     from amoeba_search.shapes import SubnetShape
 
     shape = SubnetShape.parse(args.shape) if args.shape else None
     exported = Path(args.model).expanduser() / PROVENANCE_FILE
-    if exported.is_file() and shape is None and args.strategy is None and layers is None and not args.adapter:
+    if exported.is_file() and shape is None and used.strategy is None and layers is None and used.adapter is None:
         from amoeba_search.models.loading import load_model
 
         model, tokenizer = load_model(args.model, **options)
         return model, tokenizer, None
     from amoeba_search.models.session import open_supernet
 
-    loaded = open_supernet(args.model, args.strategy, adapter=args.adapter, **options)
+    loaded = open_supernet(args.model, used.strategy, adapter=used.adapter, **options)
     shape = shape or loaded.supernet.full_shape()
     loaded.space(min_depth=1).validate(shape)
     if layers is None:

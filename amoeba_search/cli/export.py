@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from amoeba_search.cli._common import emit_json, run
+from amoeba_search.cli._common import add_artefact_arguments, artefacts_of, emit_json, run
 from amoeba_search.compute import DTYPE_CHOICES
+from amoeba_search.quality import DEFAULT_FLOOR
 
 PROG = "amoeba-export"
 
@@ -15,15 +17,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Cut one subnet out of a model and save it as a standalone checkpoint that "
                     "AutoModelForCausalLM.from_pretrained loads (safetensors, config, tokenizer, provenance).",
-        epilog="example: amoeba-export --shape d24-f0.75-h0.667 --strategy profiles/smollm2-135m/strategy.json --out out/d24",
+        epilog="example: amoeba-export --shape d22-f0.75-h0.667 --out out/d22   (the default model's fine-tuned "
+               "supernet: its adapter merged into the weights)",
     )
     parser.add_argument("--model", default="smollm2-135m",
                         help="alias, local HF directory, .gguf file or HF id (default: %(default)s)")
     parser.add_argument("--shape", required=True, help="subnet shape, e.g. d24-f0.75-h0.667")
-    parser.add_argument("--strategy", help="selection strategy JSON from amoeba-select (kept layers, width orders)")
-    parser.add_argument("--layers", help="comma-separated kept layer indices (instead of a strategy)")
-    parser.add_argument("--adapter", help="fine-tuned SMoL adapter (amoeba-finetune --out): its mixture for "
-                        "--shape is merged into the weights, so the export needs no adapter code")
+    add_artefact_arguments(parser, layers=True)  # an adapter's mixture for --shape is merged into the weights
     parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
                         help="dtype of the exported safetensors; auto keeps the source checkpoint's "
                              "(default: %(default)s)")
@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gguf", metavar="TYPE",
                         help="also write a GGUF file for llama.cpp: f32, f16, bf16 or q8_0 (gguf-py), or a llama.cpp "
                              "type such as Q4_K_M (needs llama-cpp-python)")
+    parser.add_argument("--max-metric", default=DEFAULT_FLOOR, metavar="VALUE|Kx",
+                        help="warn before writing a shape whose held-out wiki perplexity (4 blocks) is above this: "
+                             "a number or K times the full model's (default: %(default)s; 'none' skips the check)")
     parser.add_argument("--out", required=True, type=Path, help="output directory (must not exist)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--json", action="store_true", help="print a machine-readable summary")
@@ -46,30 +49,55 @@ def main(argv=None) -> int:
         from amoeba_search.models.export import check_gguf_type
         from amoeba_search.models.loading import stored_dtype
         from amoeba_search.models.session import open_supernet
+        from amoeba_search.quality import quality_floor
         from amoeba_search.shapes import SubnetShape
 
         shape = SubnetShape.parse(args.shape)
         if args.out.exists() and not args.overwrite:
             raise FileExistsError(f"{args.out} already exists; choose another --out or pass --overwrite")
         check_gguf_type(args.gguf)
+        floor = None if str(args.max_metric).lower() == "none" else args.max_metric
+        quality_floor(floor, 1.0)  # a malformed floor fails before any work
         device = parse_device(args.device)
         dtype = stored_dtype(args.model) if args.dtype == "auto" else parse_dtype(args.dtype)
-        loaded = open_supernet(args.model, args.strategy, adapter=args.adapter, dtype=dtype, device=device)
+        used = artefacts_of(args)
+        loaded = open_supernet(args.model, used.strategy, adapter=used.adapter, dtype=dtype, device=device)
         loaded.space(min_depth=1).validate(shape)
         if args.layers:
             layers = [int(i) for i in args.layers.split(",")]
         else:
             layers = loaded.layers_for(shape)
+        check = _check_quality(loaded, shape, layers, floor) if floor is not None else None
+        if check is not None and not check.usable:
+            print(f"{PROG}: warning: {check.warning()}; writing it anyway", file=sys.stderr)
         out = loaded.export(shape, args.out, layers=layers, gguf=args.gguf, overwrite=args.overwrite)
         summary = {"out": str(out), "shape": str(shape), "kept_layers": list(loaded.supernet.active_layers),
-                   "dtype": dtype_name(dtype),
+                   "dtype": dtype_name(dtype), **used.to_dict(),
+                   "quality_check": None if check is None else {**check.__dict__, "usable": check.usable},
                    "files": sorted(p.name for p in out.iterdir())}
         if args.json:
             emit_json(summary)
         else:
             print(f"exported {shape} (layers {summary['kept_layers']}) in {summary['dtype']} to {out}")
+            print(f"used {used.describe()}")
 
     return run(PROG, body)
+
+
+def _check_quality(loaded, shape, layers, floor):
+    """The quality check of ``shape`` on 4 held-out wiki blocks; None (skipped) below full size only when the
+    text is not prepared, or at the full shape itself."""
+    from amoeba_search.data import token_blocks
+    from amoeba_search.errors import MissingDependency
+    from amoeba_search.quality import check_quality
+
+    if shape == loaded.supernet.full_shape():
+        return None
+    try:
+        blocks = token_blocks("wiki", loaded.tokenizer, split="eval", seq_len=256, max_blocks=4)
+    except MissingDependency:
+        return None
+    return check_quality(loaded, shape, blocks, layers=layers, max_metric=floor)
 
 
 if __name__ == "__main__":

@@ -7,11 +7,13 @@ import json
 import sys
 from pathlib import Path
 
-from amoeba_search.cli._common import add_compute_arguments, compute_line, compute_of, emit_json, run
+from amoeba_search.cli._common import (add_artefact_arguments, add_compute_arguments, artefacts_of, compute_line,
+                                       compute_of, emit_json, run)
 from amoeba_search.cli._dry_run import add_dry_run_arguments
 
+from amoeba_search.quality import DEFAULT_FLOOR
+
 PROG = "amoeba-search"
-PROFILES = Path(__file__).resolve().parents[2] / "profiles"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,10 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="no table for this device: use a roofline estimate from its spec sheet (labelled as "
                             "an estimate everywhere, never as a measurement)")
     parser.add_argument("--model", default="smollm2-135m", help="model alias, directory, .gguf or HF id (default: %(default)s)")
-    parser.add_argument("--strategy", type=Path,
-                        help="selection strategy JSON (default for the default model: profiles/smollm2-135m/strategy.json)")
-    parser.add_argument("--adapter", type=Path,
-                        help="fine-tuned SMoL adapter (amoeba-finetune --out): subnets are evaluated and exported with it")
+    add_artefact_arguments(parser)
     parser.add_argument("--memory-budget-mb", type=float,
                         help="also require weights + KV cache (at the table's dtype, batch and context length) to "
                              "fit in this many MB: a second constraint")
@@ -50,13 +49,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", default="wiki", help="text for the ppl objective (default: %(default)s, eval split)")
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--blocks", type=int, default=8, help="eval blocks per shape evaluation")
-    parser.add_argument("--predictor", type=Path, help="accuracy predictor JSON to reuse or write "
-                        "(default: profiles/<model>/predictor-ppl-<data>.json for ppl on the default model, "
-                        "else predictor-<objective>-... in --out)")
+    parser.add_argument("--predictor", type=Path, help="accuracy predictor JSON to reuse or write (default: the "
+                        "committed profiles/smollm2-135m/predictor-ppl-wiki.json where it was fit with these "
+                        "settings, else predictor-<objective>-... in --out; committed files are never rewritten)")
+    parser.add_argument("--max-metric", default=DEFAULT_FLOOR, metavar="VALUE|Kx",
+                        help="quality floor: front shapes whose metric is above it are marked unusable and never "
+                             "chosen; a number, or K times the full model's metric (default: %(default)s; "
+                             "'none' to turn it off)")
     parser.add_argument("--method", choices=["hierarchical", "nsga2", "exhaustive"], default="hierarchical")
     parser.add_argument("--trials", type=int, default=120)
     parser.add_argument("--storage", help="Optuna storage URL shared by workers (default: sqlite in --out)")
-    parser.add_argument("--no-verify", action="store_true", help="skip evaluating and measuring the front for real")
+    parser.add_argument("--verify", choices=["decisive", "all", "none"], default="decisive",
+                        help="front shapes to evaluate and time for real: decisive = the most accurate ones until "
+                             "--verify-count are usable and within budget (the choice and its nearest "
+                             "alternatives), all = the whole front (default: %(default)s)")
+    parser.add_argument("--verify-count", type=int, default=4, help="see --verify (default: %(default)s)")
+    parser.add_argument("--no-verify", action="store_true", help="the same as --verify none")
     parser.add_argument("--export-best", type=Path, help="export the most accurate feasible subnet to this directory")
     parser.add_argument("--out", type=Path, default=Path("out/search"), help="output directory (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
@@ -90,10 +98,12 @@ def main(argv=None) -> int:
 
     def body():
         from amoeba_search.data import token_blocks
+        from amoeba_search.defaults import PROFILES
         from amoeba_search.models.session import open_supernet
         from amoeba_search.profiling.lut import LatencyTable
         from amoeba_search.profiling.model_source import model_fingerprint
         from amoeba_search.profiling.remeasure import latency_meter
+        from amoeba_search.quality import quality_floor
         from amoeba_search.search.job import run_job, write_outputs
         from amoeba_search.search.oracle import check_objective, perplexity_oracle, task_oracle
 
@@ -103,11 +113,15 @@ def main(argv=None) -> int:
         if task_path is not None and args.task_limit < 1:
             raise ValueError(f"--task-limit must be positive, got {args.task_limit}")
         _note_heldout_task(args.objective)
-        default_model = args.model == "smollm2-135m"
-        strategy = args.strategy or (PROFILES / "smollm2-135m" / "strategy.json" if default_model else None)
+        used = artefacts_of(args)
+        verify = "none" if args.no_verify else args.verify
+        if args.verify_count < 1:
+            raise ValueError(f"--verify-count must be at least 1, got {args.verify_count}")
+        max_metric = None if str(args.max_metric).lower() == "none" else args.max_metric
+        quality_floor(max_metric, 1.0)  # a bad floor is one line now, not after the search
         if args.table is None:
             args.device, args.flow = args.device or "cpu", args.flow or "torch"
-        table_path = args.table or PROFILES / args.device / f"{args.flow}.csv"
+        table_path = args.table or PROFILES / args.device / f"{args.flow}.csv"  # issue 18 moves tables per model
         table = None if args.roofline else LatencyTable.load(table_path)
         if table is not None:
             for name, wanted in (("flow", args.flow), ("device", args.device)):
@@ -123,7 +137,8 @@ def main(argv=None) -> int:
 
         rank, world = init_distributed()  # torchrun: the processes split the shapes the search evaluates
         compute = compute_of(args, rank=rank)
-        loaded = open_supernet(args.model, strategy, adapter=args.adapter, dtype=compute.dtype, device=compute.device)
+        loaded = open_supernet(args.model, used.strategy, adapter=used.adapter, dtype=compute.dtype,
+                               device=compute.device)
         config = loaded.supernet.base_config
         if table is None:
             from amoeba_search.profiling.devices import get_device
@@ -147,7 +162,6 @@ def main(argv=None) -> int:
             oracle = perplexity_oracle(loaded, blocks, data_settings=data_settings, cache_path=cache)
             objective, label = "ppl", f"perplexity ({args.data}, held out)"
             predictor_name = f"predictor-ppl-{args.data}.json"
-            in_profiles = default_model and args.adapter is None
         else:
             oracle = task_oracle(loaded, args.objective, limit=args.task_limit, task_dir=args.task_dir,
                                  cache_path=cache)  # reads the cache only if it exists; writes it later
@@ -155,19 +169,16 @@ def main(argv=None) -> int:
             data_settings = {"task": objective, "task_file": str(task_path), "task_limit": args.task_limit}
             label = f"{objective} answer cross-entropy (nats, {items} items)"
             predictor_name = f"predictor-task-{objective}-{items}.json"
-            in_profiles = False
             args.out.mkdir(parents=True, exist_ok=True)
-        predictor_path = args.predictor or (PROFILES / "smollm2-135m" / predictor_name if in_profiles
-                                            else args.out / predictor_name)
-        if args.no_verify:
-            measure, why = None, "skipped (--no-verify)"
+        predictor_path = args.predictor or _default_predictor(args, predictor_name, space, oracle)
+        if verify == "none":
+            measure, why = None, "skipped (--verify none)"
         elif args.roofline:
             measure, why = None, "not measured: roofline estimate only"
         else:
             measure, why = latency_meter(table, config, metric=args.metric)
         memory_kwargs, memory_settings = _memory_budget(args, table, config, dtype)
-        settings = {"model": args.model, "strategy": str(strategy) if strategy else None,
-                    "adapter": str(args.adapter) if args.adapter else None,
+        settings = {"model": args.model, **used.to_dict(), "predictor": str(predictor_path),
                     "table": None if args.roofline else str(table_path),
                     "device": device, "flow": flow, "dtype": dtype, "metric": args.metric,
                     "objective": objective, **data_settings, "latency_source": latency_source,
@@ -179,7 +190,8 @@ def main(argv=None) -> int:
         job = run_job(space, oracle, lambda s: table.predict(s, metric=args.metric), budget_ms=args.budget_ms,
                       predictor_path=predictor_path, method=args.method, trials=args.trials, storage=storage,
                       study_name=f"amoeba-{args.method}-{args.budget_ms:g}ms-{tag}", seed=args.seed,
-                      verify=not args.no_verify, measure_latency=measure,
+                      verify=verify, verify_count=args.verify_count, max_metric=max_metric,
+                      measure_latency=measure,
                       layers_for=loaded.layers_for, settings=settings,
                       progress=_progress(not args.json and rank == 0), **memory_kwargs)
         if rank != 0:
@@ -196,7 +208,7 @@ def main(argv=None) -> int:
             emit_json(summary)
             return
         _print_front(job, args, paths, summary)
-        print(f"evaluations {compute_line(compute, args)}")
+        print(f"evaluations {compute_line(compute, args)}; used {used.describe()}")
 
     return run(PROG, body)
 
@@ -215,6 +227,34 @@ def _dry_run(args) -> None:
     plan = plan_search(load_config(args.model), predictor_samples=sample, verify_shapes=args.trials // 4,
                        blocks=args.blocks, seq_len=args.seq_len, dtype=plan_dtype(args, spec), device_spec=spec)
     emit_plan(PROG, plan, json_output=args.json)
+
+
+def _explain(why: dict | None, summary: dict, args) -> list[str]:
+    """The choice in words: against the full model, the budget and the next alternatives."""
+    if why is None:
+        return [f"best: none: no usable shape within {args.budget_ms:g} ms (raise the budget or --max-metric)"]
+    source = "verified" if why["verified"] else "predicted"
+    lines = [f"best: {why['shape']}: metric {why['metric']:.4g}, {why['latency_ms']:.1f} ms ({source}), "
+             f"{why['budget_margin_ms']:.1f} ms ({why['budget_margin_pct']:.0f}%) inside the budget"]
+    if "speedup_vs_full" in why:
+        lines.append(f"  against the full model {why['full_model']}: {why['speedup_vs_full']:.2f}x faster, metric "
+                     f"{why['metric_change_vs_full_pct']:+.1f}%")
+    for alt in why["alternatives"]:
+        lines.append(f"  alternative: {alt['shape']}: metric {alt['metric']:.4g}, {alt['latency_ms']:.1f} ms "
+                     f"({'verified' if alt['verified'] else 'predicted'})")
+    return lines
+
+
+def _default_predictor(args, name: str, space, oracle) -> Path:
+    """The committed predictor of the default model where it was fit with exactly these settings (model,
+    strategy, adapter, data), else a file in --out: a refit never rewrites a committed file."""
+    from amoeba_search.defaults import committed_dir
+    from amoeba_search.search.job import predictor_matches
+
+    committed = committed_dir(args.model)
+    if committed is not None and predictor_matches(committed / name, space, oracle):
+        return committed / name
+    return args.out / name
 
 
 def _note_heldout_task(objective: str) -> None:
@@ -273,9 +313,16 @@ def _print_front(job, args, paths, summary) -> None:
         acc = "" if not accuracy else (f" {row['verified_accuracy']:>8.3f}" if row.get("verified_accuracy") is not None
                                        else f" {'-':>8}")
         real_ms = f"{row['verified_latency_ms']:.1f}" if row["verified_latency_ms"] is not None else "-"
+        mark = "  <- chosen" if row["shape"] == summary["best"] else "" if row["usable"] else "  unusable"
         print(f"  {row['shape']:<18} {row['predicted_metric']:>11.4g} {real:>11}{acc} "
-              f"{row['predicted_latency_ms']:>8.1f} {real_ms:>8}")
-    print(f"best: {summary['best']}; latency verification: {job.settings.get('latency_verification')}")
+              f"{row['predicted_latency_ms']:>8.1f} {real_ms:>8}{mark}")
+    floor = job.max_metric
+    if floor is not None:
+        print(f"quality floor: metric <= {floor:.4g} ({job.settings.get('max_metric_rule')}; full model "
+              f"{job.reference['shape']} at {job.reference['metric']:.4g})")
+    for line in _explain(summary.get("explanation"), summary, args):
+        print(line)
+    print(f"latency verification: {job.settings.get('latency_verification')}")
     print(f"wrote {paths['front_json']}, {paths['front_csv']}, {paths['plot']}")
     if "exported" in summary:
         print(f"exported the best subnet to {summary['exported']}")
