@@ -54,13 +54,26 @@ def perplexity(model, blocks: torch.Tensor, *, batch_size: int = 8, score_from: 
     device = _device_of(model)
     for lo in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, unit="batch"):
         batch = blocks[lo:lo + batch_size].to(device)
-        logits = model(input_ids=batch).logits[:, :-1].float()                # (B, T-1, V)
-        nll = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")  # (B, T-1)
+        nll = token_nll(model(input_ids=batch).logits[:, :-1], batch[:, 1:])  # (B, T-1)
         mask = positions[None, :] >= starts[lo:lo + batch_size, None].clamp(min=1)
         total += nll[mask.to(device)].double().sum().item()
         count += int(mask.sum())
     mean = total / count
     return Perplexity(ppl=math.exp(mean), nll=mean, tokens=count)
+
+
+def token_nll(logits: torch.Tensor, targets: torch.Tensor, *, rows: int = 128) -> torch.Tensor:
+    """Per-position negative log-likelihood (fp32) of ``targets`` (B, T) under ``logits`` (B, T, V).
+
+    Scored ``rows`` positions at a time as contiguous fp32 rows: no fp32 copy of all the logits, and not
+    cross-entropy over the (B, V, T) transposed layout, which is ~5x slower on a CPU.
+    """
+    out = torch.empty(targets.shape, dtype=torch.float32, device=logits.device)
+    for b in range(logits.shape[0]):
+        for lo in range(0, logits.shape[1], rows):
+            out[b, lo:lo + rows] = F.cross_entropy(logits[b, lo:lo + rows].float(), targets[b, lo:lo + rows],
+                                                   reduction="none")
+    return out
 
 
 def _device_of(model) -> torch.device:

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
+
+from amoeba_search.evaluation.perplexity import token_nll
 
 _HEAD_ROWS = 2  # sequences projected to the vocabulary at once: bounds the (rows, T, V) logits memory
 
@@ -110,9 +111,8 @@ class PerplexityMetric(CalibrationMetric):
         ids = self._batches[index].to(hidden.device)
         total = torch.zeros((), dtype=torch.float64, device=hidden.device)
         for lo in range(0, hidden.shape[0], _HEAD_ROWS):
-            logits = lm_head(hidden[lo:lo + _HEAD_ROWS, :-1]).float()               # (r, T-1, V)
-            nll = F.cross_entropy(logits.transpose(1, 2), ids[lo:lo + _HEAD_ROWS, 1:], reduction="none")
-            total += nll.double().sum()
+            logits = lm_head(hidden[lo:lo + _HEAD_ROWS, :-1])                       # (r, T-1, V)
+            total += token_nll(logits, ids[lo:lo + _HEAD_ROWS, 1:]).double().sum()
         count = ids.shape[0] * (ids.shape[1] - 1)
         return torch.stack([total.cpu(), torch.tensor(float(count), dtype=torch.float64)])
 
