@@ -45,6 +45,8 @@ bench: prepare
 	$(BIN)/python benchmarks/eval_tasks.py
 	$(BIN)/python benchmarks/search.py
 	$(BIN)/python benchmarks/finetune.py
+	$(BIN)/python benchmarks/default_adapter.py
+	$(BIN)/python benchmarks/demo.py
 	$(BIN)/python benchmarks/precision.py
 	$(BIN)/python benchmarks/scale_1b.py
 	$(BIN)/python benchmarks/plan_8b.py

@@ -73,7 +73,7 @@ def _search_job(out, calls):
         return float(search_metric([shape])[0])
 
     oracle = MetricOracle(evaluate_one, {"metric": "synthetic"}, out / "evaluations.json")
-    job = run_job(SPACE, oracle, lambda s: float(latency([s])[0]), budget_ms=35, trials=60,
+    job = run_job(SPACE, oracle, lambda s: float(latency([s])[0]), budget_ms=35, trials=60, verify="all",
                   predictor_path=out / "predictor.json", storage=f"sqlite:///{out / 'study.db'}",
                   measure_latency=lambda s: float(latency([s])[0]))
     return job, oracle

@@ -237,8 +237,8 @@ def _explain(why: dict | None, summary: dict, args) -> list[str]:
     lines = [f"best: {why['shape']}: metric {why['metric']:.4g}, {why['latency_ms']:.1f} ms ({source}), "
              f"{why['budget_margin_ms']:.1f} ms ({why['budget_margin_pct']:.0f}%) inside the budget"]
     if "speedup_vs_full" in why:
-        lines.append(f"  against the full model {why['full_model']}: {why['speedup_vs_full']:.2f}x faster, metric "
-                     f"{why['metric_change_vs_full_pct']:+.1f}%")
+        lines.append(f"  against the full model {why['full_model']}: {why['speedup_vs_full']:.2f}x faster on the "
+                     f"table, metric {why['metric_change_vs_full_pct']:+.1f}%")
     for alt in why["alternatives"]:
         lines.append(f"  alternative: {alt['shape']}: metric {alt['metric']:.4g}, {alt['latency_ms']:.1f} ms "
                      f"({'verified' if alt['verified'] else 'predicted'})")

@@ -148,8 +148,10 @@ class JobResult:
         out = {**chosen, "budget_ms": budget, "budget_margin_ms": budget - chosen["latency_ms"],
                "budget_margin_pct": 100 * (budget - chosen["latency_ms"]) / budget, "alternatives": others[:3]}
         ref = self.reference
-        if ref is not None:
-            out.update(full_model=ref["shape"], speedup_vs_full=ref["latency_ms"] / chosen["latency_ms"],
+        if ref is not None:  # like against like: both latencies from the table, both metrics measured if possible
+            predicted = next(r for r in self.result.front if r.shape == best).latency_ms
+            out.update(full_model=ref["shape"], speedup_vs_full=ref["latency_ms"] / predicted,
+                       speedup_basis="latency table, both shapes",
                        metric_change_vs_full_pct=100 * (chosen["metric"] / ref["metric"] - 1))
         return out
 

@@ -44,4 +44,6 @@ def test_recorded_calibration_metric_reproduces(loaded):
                                  beam=strategy.calibration.get("beam", 1))  # files from before --beam have none
     metric = calibration_metric(settings, loaded.tokenizer)
     loaded.activate(SubnetShape(24))
-    assert metric(loaded.supernet) == pytest.approx(strategy.depth_metric[24], rel=1e-4)
+    # fp32 log-softmax over 49,152 logits is off by ~1e-4 relative depending on the kernel's summation order: the
+    # recorded beam-4 value (transposed layout) sits 1.4e-4 below an fp64 reference, today's chunked one 1e-5
+    assert metric(loaded.supernet) == pytest.approx(strategy.depth_metric[24], rel=5e-4)
