@@ -23,6 +23,14 @@ def quality_floor(max_metric: float | str | None, full_metric: float) -> float |
     return value
 
 
+def parse_floor(text: str) -> str | None:
+    """A ``--max-metric`` value checked now (before any work): None for ``none``, else the rule as given."""
+    if str(text).strip().lower() == "none":
+        return None
+    quality_floor(text, 1.0)  # raises ValueError, one line, for a malformed rule
+    return text
+
+
 @dataclass(frozen=True)
 class QualityCheck:
     shape: str

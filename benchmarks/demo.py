@@ -24,6 +24,13 @@ COMMAND = ["amoeba-search", "--budget-ms", "40"]
 QUALITY_BAR = 400.0  # issue 17: every shape within budget at most 400 held-out wiki perplexity
 
 
+def _in_checkout(value):
+    """A path inside the checkout as the checkout names it (``profiles/...``); anything else as it is."""
+    if isinstance(value, str) and Path(value).is_absolute() and Path(value).resolve().is_relative_to(ROOT):
+        return str(Path(value).resolve().relative_to(ROOT))
+    return value
+
+
 def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="amoeba-demo-"))
     try:
@@ -43,8 +50,8 @@ def main() -> int:
               "best": summary["best"], "explanation": summary["explanation"], "reference": summary["reference"],
               "max_metric": summary["max_metric"], "predictor": summary["predictor"],
               "real_metric_evaluations": summary["real_metric_evaluations"], "seconds": summary["seconds"],
-              "settings": {k: summary["settings"].get(k) for k in ("strategy", "adapter", "predictor", "table",
-                                                                   "verify", "verify_count", "compute")},
+              "settings": {k: _in_checkout(summary["settings"].get(k)) for k in (
+                  "strategy", "adapter", "predictor", "table", "verify", "verify_count", "compute")},
               "front": [{k: r.get(k) for k in ("shape", "predicted_metric", "verified_metric", "predicted_latency_ms",
                                                 "verified_latency_ms", "usable")} for r in front],
               "targets": {"wall_at_most_180_s": wall <= 180, "worst_front_metric": worst,

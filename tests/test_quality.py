@@ -22,3 +22,12 @@ def test_the_check_says_what_is_wrong():
     assert not check.usable and math.isclose(check.floor, 251.0)
     assert "above the quality floor 251 (10x; the full model has 25.1)" in check.warning()
     assert QualityCheck("d26-f1-h1", 40.0, 25.1, 251.0, "10x").usable
+
+
+def test_a_floor_rule_is_checked_before_any_work():
+    from amoeba_search.quality import parse_floor
+
+    assert parse_floor("none") is None and parse_floor("NONE") is None
+    assert parse_floor("10x") == "10x" and parse_floor("400") == "400"
+    with pytest.raises(ValueError, match="quality floor 'tenx'"):
+        parse_floor("tenx")

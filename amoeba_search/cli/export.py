@@ -49,15 +49,14 @@ def main(argv=None) -> int:
         from amoeba_search.models.export import check_gguf_type
         from amoeba_search.models.loading import stored_dtype
         from amoeba_search.models.session import open_supernet
-        from amoeba_search.quality import quality_floor
+        from amoeba_search.quality import parse_floor
         from amoeba_search.shapes import SubnetShape
 
         shape = SubnetShape.parse(args.shape)
         if args.out.exists() and not args.overwrite:
             raise FileExistsError(f"{args.out} already exists; choose another --out or pass --overwrite")
         check_gguf_type(args.gguf)
-        floor = None if str(args.max_metric).lower() == "none" else args.max_metric
-        quality_floor(floor, 1.0)  # a malformed floor fails before any work
+        floor = parse_floor(args.max_metric)
         device = parse_device(args.device)
         dtype = stored_dtype(args.model) if args.dtype == "auto" else parse_dtype(args.dtype)
         used = artefacts_of(args)

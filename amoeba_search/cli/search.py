@@ -103,7 +103,7 @@ def main(argv=None) -> int:
         from amoeba_search.profiling.lut import LatencyTable
         from amoeba_search.profiling.model_source import model_fingerprint
         from amoeba_search.profiling.remeasure import latency_meter
-        from amoeba_search.quality import quality_floor
+        from amoeba_search.quality import parse_floor
         from amoeba_search.search.job import run_job, write_outputs
         from amoeba_search.search.oracle import check_objective, perplexity_oracle, task_oracle
 
@@ -117,8 +117,7 @@ def main(argv=None) -> int:
         verify = "none" if args.no_verify else args.verify
         if args.verify_count < 1:
             raise ValueError(f"--verify-count must be at least 1, got {args.verify_count}")
-        max_metric = None if str(args.max_metric).lower() == "none" else args.max_metric
-        quality_floor(max_metric, 1.0)  # a bad floor is one line now, not after the search
+        max_metric = parse_floor(args.max_metric)
         if args.table is None:
             args.device, args.flow = args.device or "cpu", args.flow or "torch"
         table_path = args.table or PROFILES / args.device / f"{args.flow}.csv"  # issue 18 moves tables per model

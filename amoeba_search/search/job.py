@@ -255,7 +255,6 @@ def run_job(space: SearchSpace, oracle: MetricOracle, latency_fn: Callable[[Subn
                      reference, floor)
 
 
-
 def write_outputs(job: JobResult, out_dir: str | Path, *, title: str = "") -> dict[str, Path]:
     """front.json, front.csv, points.csv and pareto.png in ``out_dir``; returns their paths."""
     import pandas as pd
