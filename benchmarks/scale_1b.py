@@ -63,6 +63,7 @@ def build_model(path: Path) -> dict:
     with torch.device("meta"):
         model = LlamaForCausalLM(LlamaConfig(**LLAMA_3_2_1B))
     model = model.to_empty(device="cpu").to(torch.bfloat16)
+    model.tie_weights()  # to_empty gives the head its own storage: tie it to the embedding again, as the real model is
     with torch.no_grad():
         for name, param in model.named_parameters():
             if param.dim() == 2:
