@@ -1,5 +1,6 @@
 """What a command uses when the user names no strategy, adapter or predictor: the committed artefacts of the
-default model under ``profiles/<model>/``, and nothing for any other model.
+default model under ``profiles/<model>/``, and nothing for any other model (``amoeba_search.session`` composes
+these with the rest; this module stays free of torch).
 
 The default model ships the beam-4 DP strategy with FLAP channel means, the SMoL adapter fine-tuned on it (the
 whole method: a search over the fine-tuned supernet) and the accuracy predictor fit with that adapter.
@@ -9,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-PROFILES = Path(__file__).resolve().parents[1] / "profiles"
+from amoeba_search.resources import committed_profiles
+
+PROFILES = committed_profiles()  # the checkout's profiles/, or the installed copy (see amoeba_search.resources)
 
 # model alias -> (strategy, adapter directory), relative to profiles/<model>/
 COMMITTED = {"smollm2-135m": ("strategy-beam4.json", "adapter")}

@@ -7,3 +7,12 @@ class AmoebaError(Exception):
 
 class MissingDependency(AmoebaError, RuntimeError):
     """An optional package or prepared resource is absent; the message says how to get it."""
+
+
+class UnknownNameError(AmoebaError, KeyError):
+    """A name (task, corpus, device, ...) that is not known; the message lists close matches.
+
+    A ``KeyError`` too, for callers that look names up; prints as its message, not as a quoted key."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

@@ -4,16 +4,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from amoeba_search.paths import atomic_file
+
 
 def pareto_plot_info(points: Sequence, front: Sequence, budget_ms: float | None, *,
                      verified: Sequence[dict] = (), title: str = "", metric_name: str = "perplexity",
                      latency_name: str = "decode latency (ms/token)", chosen: str | None = None,
-                     reference: dict | None = None, max_metric: float | None = None) -> dict:
+                     reference: dict | None = None, max_metric: float | None = None,
+                     latency_source: str | None = None) -> dict:
     """Everything a Pareto plot shows, as plain data.
 
     ``points`` and ``front`` are predicted ``Point``s; ``verified`` holds dicts with ``shape``, ``metric`` and
     (when measured) ``latency_ms``; ``chosen`` is the chosen shape, ``reference`` the full model (``shape``,
-    ``metric``, ``latency_ms``), ``max_metric`` the quality floor. The y-range covers the front, the verified
+    ``metric``, ``latency_ms``), ``max_metric`` the quality floor, ``latency_source`` where the x values come
+    from (one starting with ``estimate`` marks the axis label and the legend as estimated). The y-range covers
+    the front, the verified
     points and the full model (and the floor); evaluated points above it are counted, not drawn.
     """
     front = sorted(front, key=lambda p: p.latency_ms)
@@ -29,9 +34,15 @@ def pareto_plot_info(points: Sequence, front: Sequence, budget_ms: float | None,
         high = min(high, max_metric * 1.5) if any(usable) else high
         high = max(high, max_metric * 1.1)
     hidden = sum(1 for p in points if high is not None and p.metric > high)
+    estimate = bool(latency_source) and str(latency_source).lower().startswith("estimate")
+    x_label = f"{latency_name}, estimated (not measured)" if estimate else latency_name
+    tag = "predicted metric, estimated latency" if estimate else "predicted"
     info = {
         "title": title,
-        "x_label": latency_name,
+        "x_label": x_label,
+        "latency_source": latency_source,
+        "latency_estimated": estimate,
+        "legend": {"all": f"evaluated ({tag})", "front": f"Pareto front ({tag})"},
         "y_label": metric_name,
         "all": {"x": [p.latency_ms for p in points], "y": [p.metric for p in points]},
         "front": {"x": [p.latency_ms for p in front], "y": [p.metric for p in front],
@@ -65,9 +76,12 @@ def render_pareto(info: dict, path: str | Path | None = None, *, ax=None):
 
         fig = Figure(figsize=(8, 5), dpi=120)
         ax = fig.add_subplot()
-    ax.scatter(info["all"]["x"], info["all"]["y"], s=10, color="0.75", label="evaluated (predicted)", zorder=1)
+    legend = info.get("legend", {})
+    ax.scatter(info["all"]["x"], info["all"]["y"], s=10, color="0.75",
+               label=legend.get("all", "evaluated (predicted)"), zorder=1)
     front = info["front"]
-    ax.plot(front["x"], front["y"], "o-", color="tab:blue", ms=4, lw=1.2, label="Pareto front (predicted)", zorder=2)
+    ax.plot(front["x"], front["y"], "o-", color="tab:blue", ms=4, lw=1.2,
+            label=legend.get("front", "Pareto front (predicted)"), zorder=2)
     bad = [i for i, ok in enumerate(front.get("usable", [])) if not ok]
     if bad:
         ax.scatter([front["x"][i] for i in bad], [front["y"][i] for i in bad], s=60, facecolors="none",
@@ -108,5 +122,7 @@ def render_pareto(info: dict, path: str | Path | None = None, *, ax=None):
     ax.legend(fontsize=7, loc="upper right", bbox_to_anchor=(1.0, 0.94) if info.get("hidden_above") else None)
     if fig is not None and path is not None:
         fig.tight_layout()
-        fig.savefig(path)
+        with atomic_file(path) as tmp:
+            # format given: without one matplotlib appends ".png" to a suffix-less name, missing ``tmp``
+            fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png")
     return ax

@@ -8,7 +8,10 @@ For budgets spread over this machine's latency table it reports
 - the accuracy predictor's rank correlation on held-out shapes (target >= 0.9);
 - how far verified numbers (perplexity evaluated, latency measured now) sit from predicted ones.
 
-Run: python benchmarks/search.py [--table profiles/cpu/torch.csv]  ->  benchmarks/results/search.json
+By default it searches what the main job searches: the fine-tuned supernet of the default model (the committed
+beam-4 strategy and the shipped SMoL adapter), in this machine's ``auto`` dtype (``--no-adapter`` for the raw one).
+
+Run: python benchmarks/search.py [--table profiles/smollm2-135m/cpu/torch.csv]  ->  benchmarks/results/search.json
 """
 from __future__ import annotations
 
@@ -28,8 +31,12 @@ RESULTS = ROOT / "benchmarks" / "results" / "search.json"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--table", type=Path, default=ROOT / "profiles" / "cpu" / "torch.csv")
-    parser.add_argument("--strategy", type=Path, default=ROOT / "profiles" / "smollm2-135m" / "strategy.json")
+    parser.add_argument("--table", type=Path, default=ROOT / "profiles" / "smollm2-135m" / "cpu" / "torch.csv")
+    parser.add_argument("--strategy", type=Path, default=ROOT / "profiles" / "smollm2-135m" / "strategy-beam4.json")
+    parser.add_argument("--adapter", type=Path, default=ROOT / "profiles" / "smollm2-135m" / "adapter",
+                        help="the fine-tuned supernet's adapter (default: the shipped one)")
+    parser.add_argument("--no-adapter", action="store_true", help="search the raw supernet")
+    parser.add_argument("--dtype", default="auto", help="compute dtype (default: this machine's rule)")
     parser.add_argument("--budgets", type=int, default=4, help="budgets spread over the table's range")
     parser.add_argument("--trials", type=int, default=120)
     parser.add_argument("--data", default="wiki")
@@ -48,9 +55,15 @@ def main() -> None:
     from amoeba_search.search.pareto import hypervolume_2d
     from amoeba_search.search.search import Point, feasible_front, search
 
+    from amoeba_search.compute import resolve_compute
+    from amoeba_search.paths import atomic_write_text
+    from amoeba_search.profiling.machine import detect_machine
+
     quiet_libraries()
     table = LatencyTable.load(args.table)
-    loaded = open_supernet("smollm2-135m", args.strategy)
+    compute = resolve_compute("cpu", args.dtype)
+    adapter = None if args.no_adapter else args.adapter
+    loaded = open_supernet("smollm2-135m", args.strategy, adapter, dtype=compute.dtype)
     space = loaded.space()
     blocks = token_blocks(args.data, loaded.tokenizer, split="eval", seq_len=args.seq_len, max_blocks=args.blocks)
     data_settings = {"data": args.data, "split": "eval", "seq_len": args.seq_len, "blocks": args.blocks}
@@ -73,7 +86,7 @@ def main() -> None:
             counting = MetricOracle(lambda s: real[s], oracle.settings)
             start = time.perf_counter()
             job = run_job(space, counting, lambda s: latency[s], budget_ms=budget, predictor_path=predictor_path,
-                          trials=args.trials, storage=f"sqlite:///{tmp}/study.db", study_name=f"b{budget}",
+                          trials=args.trials, storage=f"sqlite:///{tmp}/study-{budget}.db", study_name=f"b{budget}",
                           verify=True)
             wall = time.perf_counter() - start
             predicted_all = search(space, _predict(predictor_path), lambda ss: np.array([latency[s] for s in ss]),
@@ -108,19 +121,58 @@ def main() -> None:
                   f"{rows[-1]['wall_s_with_evaluations']:.0f}s")
 
     latency_check = _measure_front(table, loaded, rows, latency, args.measure, latency_meter)
+    raw_comparison = None
+    if loaded.adapter is not None:  # the same 240 shapes on the raw supernet: does fine-tuning move the front?
+        loaded.adapter.detach()
+        loaded.adapter = None
+        raw_oracle = perplexity_oracle(loaded, blocks, data_settings=data_settings, cache_path=cache)
+        raw = dict(zip(shapes, raw_oracle(shapes)))
+        raw_comparison = _compare_fronts(real, raw, latency)
     result = {
         "benchmark": "search", "model": "smollm2-135m", "table": str(args.table.relative_to(ROOT)),
-        "strategy": str(args.strategy.relative_to(ROOT)), "space_size": len(space), "objective": data_settings,
+        "strategy": str(args.strategy.relative_to(ROOT)),
+        "adapter": None if adapter is None else str(adapter.relative_to(ROOT)), "compute": compute.to_dict(),
+        "table_machine": str(table.rows["machine"].iloc[0]), "space_size": len(space), "objective": data_settings,
         "seconds_per_real_evaluation": round(eval_s, 2),
         "exhaustive_real_evaluation_s": round(eval_s * len(shapes), 1), "budgets": rows,
         "predictor_holdout_spearman": rows[0]["predictor"]["holdout_spearman"],
         "latency_verification": latency_check,
-        "machine": {"cores": os.cpu_count(), "loadavg_1m": os.getloadavg()[0]},
+        "finetuned_vs_raw": raw_comparison,
+        "machine": {"summary": detect_machine().summary(), "loadavg_1m": os.getloadavg()[0]},
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2))
+    atomic_write_text(RESULTS, json.dumps(result, indent=2))
     print(f"wrote {RESULTS}")
+
+
+def _best_within(values: dict, latency: dict, limit: float) -> float:
+    return min(v for s, v in values.items() if latency[s] <= limit + 1e-9)
+
+
+def _compare_fronts(tuned: dict, raw: dict, latency: dict) -> dict:
+    """At every latency a shape of the space has, the best real perplexity within it, fine-tuned against raw;
+    and the same for the main job's committed front (``results/demo.json``), verified metric where verified."""
+    levels = sorted(set(latency.values()))
+    worse = [lvl for lvl in levels if _best_within(tuned, latency, lvl) > _best_within(raw, latency, lvl)]
+    demo_path = ROOT / "benchmarks" / "results" / "demo.json"
+    demo = None
+    if demo_path.is_file():
+        from amoeba_search.shapes import SubnetShape
+
+        front = json.loads(demo_path.read_text())["front"]
+        checks = []
+        for row in front:
+            shape = SubnetShape.parse(row["shape"])
+            metric = row.get("verified_metric") or row.get("predicted_metric") or row.get("metric")
+            checks.append({"shape": row["shape"], "metric": metric,
+                           "raw_best_within_its_latency": _best_within(raw, latency, latency[shape])})
+        demo = {"shapes": len(checks),
+                "at_least_as_good_as_raw_everywhere": all(c["metric"] <= c["raw_best_within_its_latency"] for c in checks),
+                "points": checks}
+    return {"latency_levels": len(levels), "levels_where_finetuned_is_worse": len(worse),
+            "raw_exhaustive_front_best": {f"{lvl:.1f}": _best_within(raw, latency, lvl) for lvl in levels[::24]},
+            "finetuned_exhaustive_front_best": {f"{lvl:.1f}": _best_within(tuned, latency, lvl) for lvl in levels[::24]},
+            "demo_front": demo}
 
 
 def _predict(path):

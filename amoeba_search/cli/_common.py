@@ -1,31 +1,151 @@
 """What every command shares: one-line errors instead of tracebacks, and JSON output."""
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import os
+import signal
 import sys
+import threading
+from pathlib import Path
 from typing import Callable
 
 from amoeba_search.errors import AmoebaError
 
-# Errors a user can cause and fix; anything else is a bug and keeps its traceback.
-USER_ERRORS = (AmoebaError, ValueError, FileExistsError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError)
+# Errors a user can cause and fix; anything else (a bare KeyError, TypeError, ...) is a bug and keeps its
+# traceback. The library raises ValueError with the fix in the message; names it does not know are
+# errors.UnknownNameError (an AmoebaError).
+USER_ERRORS = (AmoebaError, ValueError, FileExistsError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+               PermissionError)
+TERMINATED_STATUS = 128 + signal.SIGTERM  # 143, what a shell reports for a process ended by SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every ``finally:`` (temporary directories) runs on the way out."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
 
 
 def run(prog: str, body: Callable[[], int | None]) -> int:
-    """Run ``body``; turn a user error into ``prog: error: message`` on stderr and exit status 2."""
+    """Run ``body``; turn a user error into one line ``prog: error: message`` on stderr and exit status 2.
+
+    SIGTERM and Ctrl-C unwind like an exception (temporary files are removed) and end in one line too, with
+    status 143 and 130."""
     quiet_libraries()
+    main_thread = threading.current_thread() is threading.main_thread()  # signals can be caught only there
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
     try:
         return body() or 0
     except USER_ERRORS as err:
         if os.environ.get("AMOEBA_DEBUG"):
             raise
-        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-        print(f"{prog}: error: {message}", file=sys.stderr)
+        print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"{prog}: terminated (SIGTERM)", file=sys.stderr)
+        return TERMINATED_STATUS
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def one_line(err: BaseException) -> str:
+    """``err``'s message on one line (library messages from transformers and others span several)."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+# -- argparse types: bad numbers and paths are refused at the edge, before anything is loaded ------------------
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (a count, a size, a number of steps)."""
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0."""
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """A finite number (no nan or inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0."""
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0."""
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def unit_float(text: str) -> float:
+    """A number in [0, 1]."""
+    value = finite_float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def file_path(text: str) -> Path:
+    """A path that names a file (it may not exist yet), never a directory."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory; give a file path")
+    return path
+
+
+def layer_list(text: str) -> list[int]:
+    """Comma-separated layer indices, e.g. ``0,2,4,5`` (checked against the model once it is known)."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    try:
+        layers = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated layer indices, e.g. 0,2,4,5") from None
+    if not layers or any(i < 0 for i in layers):
+        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated layer indices >= 0, e.g. 0,2,4,5")
+    return layers
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with its errors on one line (``prog: error: ...; see prog --help``) and exit status 2, like
+    every other user error of the commands (argparse itself prints the usage block first)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
 
 
 def emit_json(data) -> None:
@@ -59,14 +179,13 @@ def add_compute_arguments(parser, *, device_flag: str = "--device", device_map: 
 def add_artefact_arguments(parser, *, layers: bool = False) -> None:
     """``--strategy``, ``--adapter`` and ``--no-adapter`` (and ``--layers``): the supernet a command runs on.
     Their defaults (the committed artefacts of the default model) are resolved by ``artefacts_of``."""
-    from pathlib import Path
-
     g = parser.add_argument_group("supernet (default for smollm2-135m: its committed strategy and fine-tuned adapter)")
-    g.add_argument("--strategy", type=Path,
+    g.add_argument("--strategy", type=file_path,
                    help="selection strategy JSON from amoeba-select (default for smollm2-135m: "
                         "profiles/smollm2-135m/strategy-beam4.json; none for other models)")
     if layers:
-        g.add_argument("--layers", help="comma-separated kept layer indices (instead of a strategy)")
+        g.add_argument("--layers", type=layer_list,
+                       help="comma-separated kept layer indices (instead of a strategy; not with --strategy)")
     g.add_argument("--adapter", type=Path,
                    help="fine-tuned SMoL adapter: an amoeba-finetune --out or checkpoint (default for smollm2-135m "
                         "with its default strategy: profiles/smollm2-135m/adapter)")
@@ -77,14 +196,14 @@ def artefacts_of(args):
     """The ``defaults.Artefacts`` of ``add_artefact_arguments``' flags."""
     from amoeba_search.defaults import resolve_artefacts
 
+    if getattr(args, "layers", None) and args.strategy is not None:
+        raise ValueError("--layers and --strategy both choose the kept layers; pick one")
     return resolve_artefacts(args.model, args.strategy, args.adapter, no_adapter=args.no_adapter,
                              layers=bool(getattr(args, "layers", None)))
 
 
 def parse_max_memory(text: str) -> dict:
     """``0=70GiB,cpu=100GiB`` as accelerate's ``max_memory`` ({0: "70GiB", "cpu": "100GiB"})."""
-    import argparse
-
     out: dict = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, sep, size = part.partition("=")

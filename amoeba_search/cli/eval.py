@@ -5,15 +5,15 @@ import argparse
 import json
 from pathlib import Path
 
-from amoeba_search.cli._common import (add_artefact_arguments, add_compute_arguments, artefacts_of, compute_line,
-                                       compute_of, emit_json, load_options, run)
+from amoeba_search.cli._common import (ArgumentParser, add_artefact_arguments, add_compute_arguments, artefacts_of, compute_line,
+                                       compute_of, emit_json, file_path, load_options, positive_int, run)
 
 PROG = "amoeba-eval"
 PPL_HELP = "ppl:<source>: perplexity on wiki, austen, lee, or a .txt/.jsonl file"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=PROG,
         description="Evaluate a subnet (cut in place from the supernet, nothing exported) or an exported checkpoint "
                     "on lm-eval tasks: the local multiple-choice tasks (amoeba_*, offline), ppl:SOURCE (perplexity "
@@ -31,13 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tasks", help="comma-separated: amoeba_<task>[_calib], a .jsonl task file, ppl:<source>, "
                                         "or lm-eval task names (those need their data set from the hub)")
     parser.add_argument("--limit", type=int, help="at most N items per task (the first N of each)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--ppl-blocks", type=int, default=32, help="blocks scored by ppl: tasks (default: %(default)s)")
-    parser.add_argument("--ppl-seq-len", type=int, default=512, help="tokens per ppl: block (default: %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--ppl-blocks", type=positive_int, default=32, help="blocks scored by ppl: tasks (default: %(default)s)")
+    parser.add_argument("--ppl-seq-len", type=positive_int, default=512, help="tokens per ppl: block (default: %(default)s)")
     parser.add_argument("--task-dir", type=Path, help="folder of local task files (default: the prepared ones)")
     parser.add_argument("--json", action="store_true", help="print the full result record as JSON")
-    parser.add_argument("--out", type=Path, help="write the result record as JSON to this file")
-    parser.add_argument("--merge-into", type=Path, metavar="FILE",
+    parser.add_argument("--out", type=file_path, help="write the result record as JSON to this file")
+    parser.add_argument("--merge-into", type=file_path, metavar="FILE",
                         help="merge the result into the entry of this shape in a JSON list / Pareto front file")
     parser.add_argument("--prepare-tasks", action="store_true",
                         help="make the local tasks from the bigbench sdist (pip download, ~360 MB, once) and exit")
@@ -113,13 +113,13 @@ def main(argv=None) -> int:
         if not args.tasks:
             raise ValueError("--tasks is required (e.g. --tasks amoeba_goal_inference,ppl:wiki); "
                              f"see {PROG} --list-tasks")
-        if args.limit is not None and args.limit < 1:
-            raise ValueError(f"--limit must be a positive number of items, got {args.limit}")
         from amoeba_search.evaluation.harness import evaluate_tasks, resolve_tasks
         from amoeba_search.evaluation.records import merge_eval_file
 
+        if args.limit is not None and args.limit < 1:
+            raise ValueError(f"--limit must be a positive number of items, got {args.limit}")
         resolve_tasks(args.tasks, task_dir=args.task_dir)  # fail on a bad name before loading any weights
-        layers = [int(i) for i in args.layers.split(",")] if args.layers else None
+        layers = args.layers or None  # a list of indices (layer_list)
         compute = compute_of(args)
         used = artefacts_of(args)
         model, tokenizer, shape = _open(args, used, layers, load_options(args, compute))

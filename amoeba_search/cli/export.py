@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from amoeba_search.cli._common import add_artefact_arguments, artefacts_of, emit_json, run
+from amoeba_search.cli._common import ArgumentParser, add_artefact_arguments, artefacts_of, emit_json, run
 from amoeba_search.compute import DTYPE_CHOICES
 from amoeba_search.quality import DEFAULT_FLOOR
 
@@ -13,7 +13,7 @@ PROG = "amoeba-export"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=PROG,
         description="Cut one subnet out of a model and save it as a standalone checkpoint that "
                     "AutoModelForCausalLM.from_pretrained loads (safetensors, config, tokenizer, provenance).",
@@ -62,10 +62,7 @@ def main(argv=None) -> int:
         used = artefacts_of(args)
         loaded = open_supernet(args.model, used.strategy, adapter=used.adapter, dtype=dtype, device=device)
         loaded.space(min_depth=1).validate(shape)
-        if args.layers:
-            layers = [int(i) for i in args.layers.split(",")]
-        else:
-            layers = loaded.layers_for(shape)
+        layers = args.layers or loaded.layers_for(shape)  # --layers: a list of indices (layer_list)
         check = _check_quality(loaded, shape, layers, floor) if floor is not None else None
         if check is not None and not check.usable:
             print(f"{PROG}: warning: {check.warning()}; writing it anyway", file=sys.stderr)

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import argparse
 
-from amoeba_search.cli._common import (add_artefact_arguments, add_compute_arguments, artefacts_of, compute_line,
-                                       compute_of, emit_json, load_options, run)
+from amoeba_search.cli._common import (ArgumentParser, add_artefact_arguments, add_compute_arguments, artefacts_of, compute_line,
+                                       compute_of, emit_json, load_options, positive_int, run)
 
 PROG = "amoeba-ppl"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=PROG, description="Perplexity of a subnet of a model on token blocks of a text source.",
         epilog="example: amoeba-ppl --shape d22-f0.75-h0.667 --data wiki   (the default model's fine-tuned supernet)")
     parser.add_argument("--model", default="smollm2-135m",
@@ -19,9 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", default="wiki",
                         help="text source: austen, lee, wiki, a .txt/.jsonl file or directory, hf:NAME (default: %(default)s)")
     parser.add_argument("--split", default="eval", choices=["train", "calib", "eval"])
-    parser.add_argument("--seq-len", type=int, default=512)
-    parser.add_argument("--max-blocks", type=int, default=32, help="blocks of --seq-len tokens to score")
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--seq-len", type=positive_int, default=512)
+    parser.add_argument("--max-blocks", type=positive_int, default=32, help="blocks of --seq-len tokens to score")
+    parser.add_argument("--batch-size", type=positive_int, default=4)
     parser.add_argument("--json", action="store_true", help="print a machine-readable result")
     add_artefact_arguments(parser)
     add_compute_arguments(parser, device_map=True)

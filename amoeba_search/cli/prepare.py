@@ -5,12 +5,14 @@ import argparse
 import json
 import sys
 
+from amoeba_search.cli._common import ArgumentParser, one_line
 from amoeba_search.data import CORPORA, describe, prepare_corpus
+from amoeba_search.errors import AmoebaError
 
 
 def _parser() -> argparse.ArgumentParser:
     corpora = "\n".join(f"  {c.name:8s} {c.description}" for c in CORPORA.values())
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="amoeba-prepare", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Fetch or locate corpora (austen: apt-get download r-cran-janeaustenr, no R needed; "
                     "lee and wiki: gensim's test data) and print per-split document and character counts.",
@@ -34,15 +36,15 @@ def main(argv: list[str] | None = None) -> int:
         try:
             path = str(prepare_corpus(source)) if source in CORPORA else None
             results.append({**describe(source), "path": path})
-        except (ValueError, RuntimeError, OSError) as err:
+        except (AmoebaError, ValueError, RuntimeError, OSError) as err:  # one line per source that failed
             failed = True
-            print(f"amoeba-prepare: error: {source}: {err}", file=sys.stderr)
+            print(f"amoeba-prepare: error: {source}: {one_line(err)}", file=sys.stderr)
             continue
         if not args.json:
             print(_line(results[-1]), flush=True)
     if args.json:
         print(json.dumps(results, indent=2))
-    return 1 if failed else 0
+    return 2 if failed else 0  # 2, like every command's user error
 
 
 if __name__ == "__main__":

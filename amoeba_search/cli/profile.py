@@ -8,23 +8,25 @@ import sys
 import time
 from pathlib import Path
 
-from amoeba_search.cli._common import run
+from amoeba_search.cli._common import (ArgumentParser, file_path, non_negative_float, non_negative_int, positive_float, positive_int,
+                                       run)
 
 PROG = "amoeba-profile"
 DEFAULT_PROMPT, DEFAULT_CONTEXT = 128, 160
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__)
+    p = ArgumentParser(prog=PROG, description=__doc__)
     p.add_argument("--device", help="device name (see --list-devices), e.g. cpu, a5000, orin-nx, h100")
     p.add_argument("--flow", help="deployment flow (see --list-flows), e.g. torch, llamacpp, ort")
     p.add_argument("--model", default=None, help="model: default SmolLM2-135M; a local HF dir, .gguf or config.json")
     p.add_argument("--dtype", default="fp32", help="weight dtype the flow runs (default fp32)")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--prompt-len", type=int, default=DEFAULT_PROMPT, help="prompt tokens in the timed prefill")
-    p.add_argument("--context-len", type=int, default=DEFAULT_CONTEXT,
+    p.add_argument("--batch", type=positive_int, default=1)
+    p.add_argument("--prompt-len", type=positive_int, default=DEFAULT_PROMPT, help="prompt tokens in the timed prefill")
+    p.add_argument("--context-len", type=positive_int, default=DEFAULT_CONTEXT,
                    help="tokens in the KV cache at the end of decode; decode steps = context - prompt")
-    p.add_argument("--out", type=Path, help="table path (default profiles/<device>/<flow>.csv)")
+    p.add_argument("--out", type=file_path, help="table path (default <profiles>/<model>/<device>/<flow>.csv, where "
+                                            "<profiles> is --profiles, else $AMOEBA_PROFILES, else ./profiles)")
     p.add_argument("--resume", action="store_true", help="continue a table, skipping shapes already measured")
     p.add_argument("--overwrite", action="store_true", help="start the table again")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
@@ -38,27 +40,49 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the local device the flow runs on, e.g. cuda:1 (default: the --device's own: cpu, or the "
                         "first GPU); the same flag as amoeba-search's")
     p.add_argument("--compile", action="store_true", help="torch flow: run through torch.compile")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores this process may use)")
-    p.add_argument("--repeats", type=int, default=7, help="timed repeats per measurement round (default 7)")
-    p.add_argument("--max-rounds", type=int, default=3, help="re-measure a noisy shape up to this many rounds")
-    p.add_argument("--target-spread", type=float, default=0.05, help="relative IQR good enough to stop (0.05)")
-    p.add_argument("--max-other-load", type=float, default=None, metavar="CORES",
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: all cores this process may use)")
+    p.add_argument("--repeats", type=positive_int, default=7, help="timed repeats per measurement round (default 7)")
+    p.add_argument("--max-rounds", type=positive_int, default=3, help="re-measure a noisy shape up to this many rounds")
+    p.add_argument("--target-spread", type=positive_float, default=0.05, help="relative IQR good enough to stop (0.05)")
+    p.add_argument("--max-other-load", type=non_negative_float, default=None, metavar="CORES",
                    help="re-measure a shape while other processes keep more than CORES cores busy (keeps the "
                         "least disturbed of --max-attempts); every row records this load in other_load")
-    p.add_argument("--max-attempts", type=int, default=3)
-    p.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
+    p.add_argument("--max-attempts", type=positive_int, default=3)
+    p.add_argument("--wait-idle", type=non_negative_float, default=0.0, metavar="SECONDS",
                    help="with --max-other-load: before each attempt wait up to SECONDS for the machine to calm")
-    p.add_argument("--passes", type=int, default=1,
+    p.add_argument("--passes", type=positive_int, default=1,
                    help="measure every shape in this many separate passes (one row each; the table's median is "
                         "used), so a burst of load on the machine spoils one pass, not the shape")
-    p.add_argument("--holdout", type=int, default=12, help="random held-out shapes that score the predictor")
+    p.add_argument("--reference", default="full", metavar="SHAPE",
+                   help="time every shape between rounds of this reference shape (R S R S ... R, same process and "
+                        "time window) and store the ratios beside the absolute numbers, which a drifting machine "
+                        "cannot move (default: full, the largest shape)")
+    p.add_argument("--no-interleave", action="store_true",
+                   help="absolute timings only, no reference rounds (about half the profiling time)")
+    p.add_argument("--transfer", type=Path, default=None, metavar="TABLE",
+                   help="build this machine's table from TABLE (another machine's or flow's) and --anchors shapes "
+                        "measured here; takes dtype, batch, prompt and context length (and --flow, unless given) "
+                        "from TABLE")
+    p.add_argument("--anchors", type=positive_int, default=3, metavar="K",
+                   help="with --transfer: anchor shapes to measure here, spread over TABLE's latencies (1-5, default 3;"
+                        " 1 fits a pure scale)")
+    p.add_argument("--correction", choices=("auto", "scale", "affine", "loglinear"), default="auto",
+                   help="with --transfer: the correction from TABLE's latency to this machine's (default auto: "
+                        "scale for 1 anchor, affine for more)")
+    p.add_argument("--holdout", type=non_negative_int, default=12, help="random held-out shapes that score the predictor")
     p.add_argument("--shapes", default=None, help="measure exactly these shapes (comma-separated, e.g. d20-f0.75-h1)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--profiles", type=Path, default=None, help="profiles folder (default ./profiles)")
+    p.add_argument("--profiles", type=Path, default=None,
+                   help="profiles folder to write the table into and read devices/*.json from (default "
+                        "$AMOEBA_PROFILES, else ./profiles)")
     return p
 
 
-def _default_out(profiles: Path, args, flow: str, cores: int | None = None) -> Path:
+def _default_out(profiles: Path | None, args, flow: str, model: str, cores: int | None = None) -> Path:
+    """``<profiles>/<model>/<device>/<flow>[-settings].csv`` by the one rule of :func:`table_path` (for writing:
+    never a committed table of the checkout)."""
+    from amoeba_search.profiling import table_path
+
     suffix = []
     if args.dtype != "fp32":
         suffix.append(args.dtype)
@@ -70,7 +94,7 @@ def _default_out(profiles: Path, args, flow: str, cores: int | None = None) -> P
         suffix.append("compile")
     if args.threads and args.threads != cores:
         suffix.append(f"t{args.threads}")
-    return profiles / args.device / ("-".join([flow] + suffix) + ".csv")
+    return table_path(model, args.device, "-".join([flow] + suffix), for_writing=True, profiles=profiles)
 
 
 def _list_devices(args, profiles: Path) -> int:
@@ -133,11 +157,24 @@ def _run(args) -> int:
     from amoeba_search.profiling.profiler import PlannedShape, ProfileRequest, run_profile
     from amoeba_search.shapes import SubnetShape
 
-    profiles = args.profiles or profiles_dir()
+    profiles = args.profiles or profiles_dir()  # device spec files (devices/*.json)
     if args.list_devices:
         return _list_devices(args, profiles)
     if args.list_flows:
         return _list_flows(args)
+    source_table = None
+    if args.transfer is not None:
+        from amoeba_search.profiling.lut import LatencyTable
+        from amoeba_search.profiling.transfer import MAX_ANCHORS
+
+        if not 1 <= args.anchors <= MAX_ANCHORS:
+            raise ValueError(f"--anchors must be between 1 and {MAX_ANCHORS}, got {args.anchors}")
+        if args.shapes:
+            raise ValueError("--transfer chooses its anchor shapes itself; leave out --shapes (or set --anchors)")
+        source_table = LatencyTable.load(args.transfer)
+        args.flow = args.flow or source_table.flow
+        args.dtype, args.batch = source_table.dtype, int(source_table.batch)
+        args.prompt_len, args.context_len = int(source_table.prompt_len), int(source_table.context_len)
     if not args.device or not args.flow:
         raise ValueError("--device and --flow are required (see --list-devices and --list-flows)")
     for name in ("batch", "prompt_len", "repeats", "max_rounds", "passes", "max_attempts"):
@@ -165,6 +202,11 @@ def _run(args) -> int:
     settings = MeasureSettings(dtype=args.dtype, batch=args.batch, prompt_len=args.prompt_len,
                                decode_tokens=args.context_len - args.prompt_len, repeats=args.repeats, threads=threads)
     plan = None
+    if source_table is not None:
+        from amoeba_search.profiling.transfer import choose_anchors, source_latencies
+
+        source_table.check_model(source.fingerprint())
+        plan = [PlannedShape(s, "extra") for s in choose_anchors(source_latencies(source_table), args.anchors)]
     if args.shapes:
         plan = [PlannedShape(SubnetShape.parse(s), "extra") for s in args.shapes.split(",") if s.strip()]
         for p in plan:
@@ -179,13 +221,17 @@ def _run(args) -> int:
             print(f"{PROG}: warning: other processes keep {busy:.1f} of {machine.cpu_cores} cores busy; "
                   f"{threads}-thread CPU timings stall when a thread is descheduled. Measure on a quiet machine, "
                   f"or use --max-other-load/--wait-idle, or --threads 1", file=sys.stderr)
-    out = args.out or _default_out(profiles, args, flow_name, machine.cpu_cores if spec.backend == "cpu" else None)
+    out = args.out or _default_out(args.profiles, args, flow_name, source.name,
+                                   machine.cpu_cores if spec.backend == "cpu" else None)
     request = ProfileRequest(device=spec, machine=machine, flow_name=flow_name, source=source, out=out,
                              settings=settings, flow_options={"compile": True} if args.compile else {}, plan=plan,
                              holdout=args.holdout, seed=args.seed, resume=args.resume, overwrite=args.overwrite,
                              max_rounds=args.max_rounds, target_spread=args.target_spread,
                              max_other_load=args.max_other_load, max_attempts=args.max_attempts,
-                             wait_idle_s=args.wait_idle, passes=args.passes, compute_device=compute_device)
+                             wait_idle_s=args.wait_idle, passes=args.passes, compute_device=compute_device,
+                             reference=_reference(args, source))
+    if source_table is not None and not args.overwrite:
+        _check_not_transferred(out)
     from tqdm import tqdm
 
     bar = {}
@@ -206,6 +252,9 @@ def _run(args) -> int:
     from amoeba_search.paths import atomic_write_text
 
     atomic_write_text(out.parent / "device.json", json.dumps(spec.to_dict(), indent=2) + "\n")
+    if source_table is not None:
+        summary.eval_path = _write_transfer(source_table, request, plan, args.correction)
+        summary.evaluation = json.loads(summary.eval_path.read_text())
     result = {"device": spec.name, "machine": machine.summary(), "flow": flow_name, "model": source.name,
               "settings": settings.__dict__, **summary.to_dict()}
     if args.json:
@@ -218,6 +267,11 @@ def _run(args) -> int:
         s = evaluation[metric][chosen]
         print(f"  {metric:<8} predictor {chosen}: MAPE {s['mape'] * 100:.1f}%, "
               f"{s['within_10pct'] * 100:.0f}% of {s['n']} held-out shapes within ±10%")
+    if source_table is not None:
+        fits = summary.evaluation["transfer"]["corrections"]
+        print(f"  transferred {summary.evaluation['transfer']['shapes']} shapes from {args.transfer} with "
+              f"{len(plan)} anchor(s): " + ", ".join(f"{m} {c['kind']} {[round(x, 4) for x in c['coef']]}"
+                                                     for m, c in fits.items()))
     if summary.eval_path:
         print(f"  evaluation: {summary.eval_path}")
     busy = summary.evaluation.get("other_load_median")
@@ -227,6 +281,49 @@ def _run(args) -> int:
     if summary.power is None and spec.power_source:
         print(f"  no power telemetry ({spec.power_source} unavailable): energy columns left empty")
     return 0
+
+
+def _reference(args, source):
+    """The reference shape to interleave with (``--reference``), or None with ``--no-interleave``."""
+    if args.no_interleave:
+        return None
+    from amoeba_search.shapes import SearchSpace, SubnetShape
+
+    if args.reference == "full":
+        return SearchSpace.default(source.dims).largest()
+    try:
+        shape = SubnetShape.parse(args.reference)
+    except ValueError as exc:
+        raise ValueError(f"--reference {args.reference}: {exc}; give a shape such as d30-f1-h1, or full") from None
+    shape.check(source.dims)
+    return shape
+
+
+def _check_not_transferred(out: Path) -> None:
+    from amoeba_search.profiling.lut import LatencyTable
+
+    if out.exists() and out.stat().st_size > 0:
+        try:
+            rows = LatencyTable.load(out).rows
+        except ValueError:
+            return  # not a table yet (header only): run_profile decides
+        if (rows["role"] == "transferred").any():
+            raise ValueError(f"{out} already holds transferred rows; pass --overwrite to transfer again")
+
+
+def _write_transfer(source_table, request, plan, kind: str) -> dict:
+    """Append the transferred rows (the source's shapes, corrected by the anchors measured here) to the new table
+    and write its evaluation (returns its path)."""
+    from amoeba_search.profiling.lut import LatencyTable, append_row
+    from amoeba_search.profiling.transfer import TRANSFER_METRICS, source_latencies, transfer_rows
+
+    here = {m: source_latencies(LatencyTable.load(request.out), m) for m in TRANSFER_METRICS}
+    anchors = {p.shape: {m: here[m][p.shape] for m in TRANSFER_METRICS} for p in plan}
+    provenance = {"table": str(source_table.path), **{k: source_table.key[k] for k in ("device", "machine", "flow")}}
+    rows, record = transfer_rows(source_table, anchors, key=request.key(), kind=kind, provenance=provenance)
+    for row in rows:
+        append_row(request.out, row)
+    return LatencyTable.load(request.out).write_eval(extra={"transfer": record})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,14 +5,15 @@ import argparse
 import shlex
 from pathlib import Path
 
-from amoeba_search.cli._common import add_compute_arguments, compute_line, compute_of, emit_json, load_options, run
+from amoeba_search.cli._common import (ArgumentParser, add_compute_arguments, compute_line, compute_of, emit_json, file_path,
+                                       load_options, non_negative_int, positive_int, run)
 from amoeba_search.cli._dry_run import add_dry_run_arguments
 
 PROG = "amoeba-select"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=PROG,
         description="Choose, for every depth, which layers to keep (DP depth shrinking or a baseline) and, for "
                     "every layer, the importance order of FFN channels and attention heads; write them as a "
@@ -31,13 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--metric", default="ppl", help="calibration metric: ppl, mc-acc, mc-loss (default: %(default)s)")
     parser.add_argument("--width-metric", default="flap",
                         help="width importance: flap, magnitude, activation, random (default: %(default)s)")
-    parser.add_argument("--samples", type=int, default=4,
+    parser.add_argument("--samples", type=positive_int, default=4,
                         help="calibration blocks of --seq-len tokens, evenly spaced over the split (ppl), or items "
                              "(mc); the DP's time grows linearly with it: 4 x 256 tokens took ~27 min for "
                              "SmolLM2-135M (min depth 15) on 2 busy CPU cores (default: %(default)s)")
-    parser.add_argument("--seq-len", type=int, default=256, help="tokens per calibration block (default: %(default)s)")
+    parser.add_argument("--seq-len", type=positive_int, default=256, help="tokens per calibration block (default: %(default)s)")
     parser.add_argument("--min-depth", type=int, help="smallest depth to select layers for (default: half the layers)")
-    parser.add_argument("--keep-last", type=int, default=0, help="top layers every depth keeps (default: %(default)s)")
+    parser.add_argument("--keep-last", type=non_negative_int, default=0, help="top layers every depth keeps (default: %(default)s)")
     parser.add_argument("--beam", type=int, default=1,
                         help="DP: layer sets kept per table cell; 1 is the paper's DP, B costs about B times the "
                              "evaluations and misses fewer layers that only pay off removed together "
@@ -46,10 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="store every down_proj / o_proj input's calibration mean, so that reduced widths add "
                              "the removed channels' mean output as a bias (FLAP); needs --width-metric flap or "
                              "activation, and exports need a LLaMA model")
-    parser.add_argument("--batch-size", type=int, default=4, help="calibration blocks per forward (default: %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=4, help="calibration blocks per forward (default: %(default)s)")
     parser.add_argument("--cache", default="tree", help="DP prefix caching: tree, row, none (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random width metric (default: %(default)s)")
-    parser.add_argument("--out", type=Path, help="strategy JSON to write (required unless --dry-run)")
+    parser.add_argument("--out", type=file_path, help="strategy JSON to write (required unless --dry-run)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted DP from its checkpoint (OUT.checkpoint.json)")

@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-import tempfile
 from collections.abc import Sequence
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from amoeba_search.data.sources import Source, load_documents, source_fingerprint, source_name
 from amoeba_search.data.splits import DEFAULT_FRACTIONS, SPLITS, check_fractions, split_documents
-from amoeba_search.paths import cache_dir
+from amoeba_search.paths import atomic_file, cache_dir
+
+_log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1  # bump when the way blocks are built changes
 
@@ -35,9 +38,8 @@ def token_blocks(source: Source, tokenizer, *, split: str = "eval", seq_len: int
            "fractions": fractions, "seed": seed}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
     path = cache_dir("blocks") / f"{digest}.safetensors"
-    if path.is_file():
-        blocks = load_file(path)["blocks"].long()
-    else:
+    blocks = _load_cached(path)
+    if blocks is None:
         docs = split_documents(load_documents(source), fractions=fractions, seed=seed)[split]
         blocks = _cut(_tokenize(docs, tokenizer), seq_len)
         _save_atomic(blocks, path, {"key": json.dumps(key, sort_keys=True)})
@@ -69,12 +71,19 @@ def _cut(ids: list[int], seq_len: int) -> torch.Tensor:
     return torch.tensor(ids[:n * seq_len], dtype=torch.long).view(n, seq_len)
 
 
-def _save_atomic(blocks: torch.Tensor, path: os.PathLike, metadata: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".blocks.", suffix=".safetensors", dir=os.path.dirname(path))
-    os.close(fd)
+def _load_cached(path) -> torch.Tensor | None:
+    """The cached blocks at ``path``; None when there are none, or when the file is damaged (then removed)."""
+    if not path.is_file():
+        return None
     try:
-        save_file({"blocks": blocks.to(torch.int32).contiguous()}, tmp, metadata=metadata)  # half the disk of int64
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        return load_file(path)["blocks"].long()
+    except (SafetensorError, KeyError) as err:  # e.g. a file truncated by a crash or a full disk
+        _log.warning("token-block cache %s is damaged (%s); rebuilding it", path, err)
+        path.unlink(missing_ok=True)
+        return None
+
+
+def _save_atomic(blocks: torch.Tensor, path: os.PathLike, metadata: dict) -> None:
+    with atomic_file(path) as tmp:
+        # int32: half the disk of int64
+        save_file({"blocks": blocks.to(torch.int32).contiguous()}, str(tmp), metadata=metadata)

@@ -23,27 +23,48 @@ def _txt_files(directory: Path) -> list[Path]:
 
 
 def read_path(path: Path) -> list[Document]:
+    """The documents of a local source; a source without any text is a ``ValueError`` naming it."""
     if path.is_dir():
-        return [Document(str(p.relative_to(path)), p.read_text(encoding="utf-8")) for p in _txt_files(path)]
+        docs = [Document(str(p.relative_to(path)), _read_text(p)) for p in _txt_files(path)]
+        if not any(d.text.strip() for d in docs):
+            raise ValueError(f"directory {path} holds no .txt file with text; put .txt documents in it or give "
+                             "another source")
+        return docs
     if path.suffix == ".txt":
-        paragraphs = (p.strip() for p in re.split(r"\n\s*\n", path.read_text(encoding="utf-8")))
-        return [Document(text_id(p), p) for p in paragraphs if p]
-    if path.suffix == ".jsonl":
-        return _read_jsonl(path)
-    raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use .txt, .jsonl or a directory of .txt files")
+        paragraphs = (p.strip() for p in re.split(r"\n\s*\n", _read_text(path)))
+        docs = [Document(text_id(p), p) for p in paragraphs if p]
+    elif path.suffix == ".jsonl":
+        docs = _read_jsonl(path)
+    else:
+        raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use .txt, .jsonl or a directory of .txt "
+                         "files")
+    if not docs:
+        raise ValueError(f"{path} holds no text (an empty file); give a file with documents in it")
+    return docs
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text (byte {err.start}); convert it to UTF-8") from None
 
 
 def jsonl_records(path) -> Iterator[tuple[int, Any]]:
     """``(line number, parsed value)`` for every non-empty line of a JSONL file; a bad line is a one-line
     ``ValueError`` naming the file and line."""
     with open(path, encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+        lineno = 0
+        try:
+            for lineno, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    yield lineno, json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}:{lineno + 1}: not UTF-8 text; convert the file to UTF-8") from None
 
 
 def _read_jsonl(path: Path) -> list[Document]:

@@ -4,14 +4,50 @@
 >>> record = evaluate_tasks(loaded, None, "amoeba_goal_inference,ppl:wiki", shape=shape, limit=200)
 >>> items = task_items("amoeba_goal_inference_calib")   # [(context, choices, answer_index), ...]
 
-Heavy imports (lm-eval, datasets) happen only when a harness task runs.
+Heavy imports (torch, lm-eval, datasets) happen only when a name is first used or a harness task runs.
 """
-from amoeba_search.evaluation.harness import TaskUnavailable, evaluate_tasks, hub_offline, resolve_tasks
-from amoeba_search.evaluation.local_tasks import (MCItem, TaskFileError, local_task_names, random_baseline,
-                                                  read_task_file, task_items, write_task_file)
-from amoeba_search.evaluation.perplexity import Perplexity, perplexity, sliding_windows
-from amoeba_search.evaluation.records import merge_eval_file, merge_eval_record
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+
+# name -> submodule; imported on first use, so ``import amoeba_search.evaluation`` does not pull in torch
+_EXPORTS = {
+    "TaskUnavailable": "harness", "evaluate_tasks": "harness", "hub_offline": "harness", "resolve_tasks": "harness",
+    "MCItem": "local_tasks", "TaskFileError": "local_tasks", "local_task_names": "local_tasks",
+    "random_baseline": "local_tasks", "read_task_file": "local_tasks", "task_items": "local_tasks",
+    "write_task_file": "local_tasks",
+    "Perplexity": "perplexity", "perplexity": "perplexity", "sliding_windows": "perplexity",
+    "merge_eval_file": "records", "merge_eval_record": "records",
+}
 
 __all__ = ["MCItem", "Perplexity", "TaskFileError", "TaskUnavailable", "evaluate_tasks", "hub_offline",
            "local_task_names", "merge_eval_file", "merge_eval_record", "perplexity", "random_baseline",
            "read_task_file", "resolve_tasks", "sliding_windows", "task_items", "write_task_file"]
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """Keeps ``evaluation.perplexity`` the function (as the eager imports had it) when the submodule of that
+    name is imported later: the import system then sets the package attribute to the submodule."""
+
+    def __setattr__(self, name, value):
+        if (isinstance(value, types.ModuleType) and value.__name__ == f"{__name__}.{name}"
+                and _EXPORTS.get(name) == name):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

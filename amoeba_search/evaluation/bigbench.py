@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from amoeba_search.errors import MissingDependency
+from amoeba_search.errors import MissingDependency, UnknownNameError
 from amoeba_search.evaluation.local_tasks import (CALIB_SUFFIX, TASK_PREFIX, MCItem, check_row, file_sha256,
                                                   random_baseline, tasks_dir, write_lm_eval_yaml, write_task_file)
 from amoeba_search.paths import atomic_write_text
@@ -205,7 +205,7 @@ def prepare_tasks(names: list[str] | None = None, *, sdist: str | Path | None = 
     names = list(TASKS) if names is None else list(names)
     unknown = [n for n in names if n not in TASKS]
     if unknown:
-        raise KeyError(f"unknown BIG-bench task {unknown[0]!r}; choose from {', '.join(TASKS)}")
+        raise UnknownNameError(f"unknown BIG-bench task {unknown[0]!r}; choose from {', '.join(TASKS)}")
     directory = Path(directory) if directory is not None else tasks_dir()
     directory.mkdir(parents=True, exist_ok=True)
     manifest = load_manifest(directory)

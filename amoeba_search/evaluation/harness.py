@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from amoeba_search.errors import AmoebaError
+from amoeba_search.errors import AmoebaError, UnknownNameError
 from amoeba_search.evaluation import local_tasks
 from amoeba_search.shapes import ModelDims, SubnetShape
 
@@ -59,7 +59,7 @@ def parse_tasks(tasks: str | Sequence[str]) -> list[str]:
 
 def resolve_tasks(tasks: str | Sequence[str], *, task_dir: str | Path | None = None,
                   registry=None) -> list[TaskRequest]:
-    """Sort names into local / ppl / lm-eval; unknown names raise ``KeyError`` with close matches.
+    """Sort names into local / ppl / lm-eval; an unknown name raises ``UnknownNameError`` with close matches.
 
     ``registry`` is a ``TaskManager`` (built on first need: indexing lm-eval's own tasks takes seconds).
     """
@@ -81,7 +81,7 @@ def resolve_tasks(tasks: str | Sequence[str], *, task_dir: str | Path | None = N
         registry = registry or _task_manager(include_defaults=True)
         if name not in registry.all_tasks:
             known = local_tasks.local_task_names(task_dir) + [PPL_PREFIX + s for s in DEFAULT_PPL_SOURCES]
-            raise KeyError(f"unknown task {name!r}; " + _close_matches(name, known, registry.all_tasks))
+            raise UnknownNameError(f"unknown task {name!r}; " + _close_matches(name, known, registry.all_tasks))
         out.append(TaskRequest(name, "lm_eval"))
     return out
 

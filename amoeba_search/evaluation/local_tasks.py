@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Iterable, NamedTuple, Sequence
 
+from amoeba_search.errors import UnknownNameError
 from amoeba_search.paths import cache_dir
 
 TASK_PREFIX = "amoeba_"
@@ -72,16 +73,20 @@ def read_task_file(path: str | Path) -> list[MCItem]:
     if not path.is_file():
         raise FileNotFoundError(f"task file {path} does not exist")
     items = []
+    line_no = 0
     with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            where = f"{path}: row {line_no}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise TaskFileError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
-            items.append(check_row(row, where))
+        try:
+            for line_no, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                where = f"{path}: row {line_no}"
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise TaskFileError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
+                items.append(check_row(row, where))
+        except UnicodeDecodeError:
+            raise TaskFileError(f"{path}: row {line_no + 1}: not UTF-8 text; convert the file to UTF-8") from None
     if not items:
         raise TaskFileError(f"{path}: no rows; a task file needs at least one item")
     return items
@@ -146,7 +151,7 @@ def task_items(name: str, *, limit: int | None = None, directory: str | Path | N
 
             raise MissingDependency(f"local task {name!r} is not prepared yet; run `amoeba-eval --prepare-tasks` "
                                     "(downloads the bigbench sdist with pip once and extracts the task files)")
-        raise KeyError(f"unknown local task {name!r}; {did_you_mean(name, known)}")
+        raise UnknownNameError(f"unknown local task {name!r}; {did_you_mean(name, known)}")
     items = read_task_file(path)
     return items if limit is None else items[:limit]
 

@@ -52,7 +52,12 @@ def merge_eval_file(path: str | Path, record: dict) -> Path:
     The file holds a list of entries, or an object keeping them under one of ``LIST_KEYS``.
     """
     path = Path(path)
-    data: Any = json.loads(path.read_text()) if path.is_file() else []
+    data: Any = []
+    if path.exists():
+        from amoeba_search.jsonfile import read_json
+
+        data = read_json(path, what="result file", expect=(list, dict),
+                         fix="give a JSON list of entries or a Pareto front file")
     if isinstance(data, list):
         entries = data
     elif isinstance(data, dict):

@@ -16,12 +16,13 @@ import contextlib
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -48,13 +49,19 @@ def default_rank(dims: ModelDims) -> int:
 
 @dataclass(frozen=True)
 class SMoLConfig:
-    num_experts: int = 5          # T
-    top_k: int = 2
-    rank: int = 8
-    alpha: float = 16.0
-    targets: tuple[str, ...] = TARGETS
-    noise: bool = True            # noisy top-k while training
-    noise_std: float = 0.1        # the gate noise's initial std (learned from there; Shazeer et al. start at 0.69)
+    """The adapter's settings; amoeba-finetune takes its flag defaults and help from here. ``rank`` and ``alpha``
+    are this class's fixed defaults; amoeba-finetune and ``session.adapter_config`` scale the rank to the model
+    (``default_rank``) and set alpha to twice the rank unless given."""
+
+    num_experts: int = field(default=5, metadata={"help": "LoRA experts T"})
+    top_k: int = field(default=2, metadata={"help": "experts mixed per shape"})
+    rank: int = field(default=8, metadata={"help": "LoRA rank of every expert"})
+    alpha: float = field(default=16.0, metadata={"help": "LoRA alpha (scale alpha / rank per expert)"})
+    targets: tuple[str, ...] = field(default=TARGETS, metadata={"help": "linear layers that get experts"})
+    noise: bool = field(default=True, metadata={"help": "noisy top-k routing while training"})
+    # Shazeer et al. start at 0.69; learned from here
+    noise_std: float = field(default=0.1, metadata={
+        "help": "initial std of the gate's learned routing noise while training"})
 
     def __post_init__(self):
         if self.num_experts < 1 or not 1 <= self.top_k <= self.num_experts:
@@ -305,7 +312,9 @@ class SMoLAdapter(nn.Module):
         if not config_path.is_file():
             raise FileNotFoundError(f"{directory} is not an adapter directory (no {ADAPTER_CONFIG}); "
                                     "pass the --out of amoeba-finetune or one of its checkpoints")
-        record = json.loads(config_path.read_text())
+        from amoeba_search.jsonfile import read_json
+
+        record = read_json(config_path, what="adapter config", fix="pass the --out of amoeba-finetune")
         if record.get("kind") != "smol-adapter":
             raise ValueError(f"{config_path}: not a SMoL adapter")
         schema = record.get("schema_version")
@@ -313,18 +322,41 @@ class SMoLAdapter(nn.Module):
             raise ValueError(f"{config_path}: a schema-{schema} SMoL adapter, this version reads schemas "
                              f"{', '.join(map(str, READABLE_SCHEMAS))} (the mixture's scale changed in schema 2); "
                              "run amoeba-finetune again")
+        missing = [key for key in ("dims", "order_digest", "config") if key not in record]
+        if missing or not isinstance(record["config"], dict) or "targets" not in record["config"]:
+            lacks = ", ".join(map(repr, missing)) if missing else "'config.targets'"
+            raise ValueError(f"adapter config {config_path} lacks {lacks}; it is damaged: train the adapter again "
+                             "with amoeba-finetune")
         if record["dims"] != supernet.dims.to_dict():
             raise AdapterMismatchError(f"the adapter in {directory} was trained for another model "
                                        f"({record['dims']}); pass the model it was trained on")
         if record["order_digest"] != order_digest(supernet):
             raise AdapterMismatchError(f"the adapter in {directory} was trained with another channel/head order; "
                                        "pass the --strategy it was trained with")
-        config = dict(record["config"], targets=tuple(record["config"]["targets"]))
-        adapter = cls(supernet, SMoLConfig(**config))
-        state = load_file(str(directory / ADAPTER_WEIGHTS))
+        try:
+            config = dict(record["config"], targets=tuple(record["config"]["targets"]))
+            adapter = cls(supernet, SMoLConfig(**config))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"adapter config {config_path} holds a config this version cannot build ({err}); "
+                             "train the adapter again with amoeba-finetune") from err
+        weights = directory / ADAPTER_WEIGHTS
+        if not weights.is_file():
+            raise FileNotFoundError(f"{weights} does not exist; the adapter in {directory} is incomplete: pass the "
+                                    "--out of amoeba-finetune or one of its checkpoints")
+        try:
+            state = load_file(str(weights))
+        except (SafetensorError, OSError) as err:  # a truncated or empty file
+            reason = " ".join(str(err).split()) or type(err).__name__
+            raise ValueError(f"adapter weights {weights} cannot be read ({reason}); the file is truncated or "
+                             "damaged: copy it again or train the adapter again") from err
         if schema == 2:  # its gate read the uncentred shape: the same as a zero centre
             state.setdefault("gate.center", torch.zeros_like(adapter.gate.center))
-        adapter.load_state_dict(state)
+        try:
+            adapter.load_state_dict(state)
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[0]
+            raise ValueError(f"adapter weights {weights} do not fit the adapter its config describes ({first}); "
+                             "the files come from different runs: train the adapter again") from err
         return adapter.eval()
 
 

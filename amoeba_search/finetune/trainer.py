@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
-import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -31,8 +31,10 @@ from amoeba_search.finetune.data import TrainingData
 from amoeba_search.finetune.losses import balance, distill_loss, lm_loss
 from amoeba_search.finetune.sampling import sandwich
 from amoeba_search.finetune.smol import SMoLAdapter
-from amoeba_search.paths import atomic_dir, atomic_write_text
+from amoeba_search.paths import atomic_dir, atomic_file, atomic_write_text
 from amoeba_search.shapes import SearchSpace
+
+logger = logging.getLogger(__name__)
 
 LOG_FIELDS = ("step", "lr", "loss_largest", "loss_smallest", "loss_random", "loss_total", "grad_norm",
               "tokens", "tokens_per_s", "elapsed_s", "shapes")
@@ -46,24 +48,29 @@ class TrainingDiverged(AmoebaError):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 200
-    batch_size: int = 4
-    lr: float = 2e-4
-    warmup_steps: int = 10
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    num_random: int = 2           # random shapes per step, besides the largest and the smallest
-    distill: bool = True          # non-largest subnets learn from the largest subnet's distribution
-    label_weight: float = 0.0     # share of the label loss mixed into the distilled subnets' loss
-    temperature: float = 1.0
-    balance: bool = True          # loss-magnitude balancing
-    seed: int = 0
-    checkpoint_every: int = 50
-    keep_checkpoints: int = 2
+    """Fine-tuning settings. The defaults are those of the published adapter (README, "Results"); amoeba-finetune
+    takes its flag defaults and help from here (``field(metadata={"help": ...})``, as PEFT's configs do)."""
+
+    steps: int = field(default=200, metadata={"help": "optimizer steps"})
+    batch_size: int = field(default=4, metadata={"help": "sequences per process per step"})
+    seq_len: int = field(default=128, metadata={"help": "tokens per training sequence (the data's block length)"})
+    lr: float = field(default=5e-4, metadata={"help": "peak learning rate of the adapter (AdamW)"})
+    warmup_steps: int = field(default=10, metadata={"help": "linear warm-up steps before the cosine decay"})
+    min_lr_ratio: float = field(default=0.1, metadata={"help": "learning rate at the last step, as a share of lr"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    grad_clip: float = field(default=1.0, metadata={"help": "gradient norm clip"})
+    num_random: int = field(default=2, metadata={"help": "random shapes per step besides largest and smallest"})
+    distill: bool = field(default=True, metadata={
+        "help": "non-largest subnets learn from the largest subnet's distribution (in-place distillation)"})
+    label_weight: float = field(default=0.0, metadata={"help": "label loss mixed into distilled subnets (0..1)"})
+    temperature: float = field(default=1.0, metadata={"help": "distillation temperature"})
+    balance: bool = field(default=True, metadata={"help": "loss-magnitude balancing across subnets"})
+    seed: int = field(default=0, metadata={"help": "seed of data order, shapes, gate noise and adapter init"})
+    checkpoint_every: int = field(default=50, metadata={"help": "steps between checkpoints"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "newest checkpoints kept"})
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "checkpoint_every", "keep_checkpoints"):
+        for name in ("steps", "batch_size", "seq_len", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or not 0 <= self.label_weight <= 1 or self.temperature <= 0:
@@ -197,9 +204,13 @@ class Trainer:
             raise FileExistsError(f"{self.out} already holds a run (at {last.name}); pass --resume to continue it "
                                   "or choose another --out")
         if resume and run_file.is_file():
-            self._check_same_run(json.loads(run_file.read_text()))
+            from amoeba_search.jsonfile import read_json
+
+            self._check_same_run(read_json(run_file, what="run file", fix="resume with the same --out or start "
+                                                                         "another run"))
         if last is not None:
             self.load_checkpoint(last)
+            logger.info("resuming %s from %s (step %d)", self.out, last.name, self.step)
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(run_file, json.dumps(self.run_info, indent=2, default=str) + "\n")
@@ -208,7 +219,7 @@ class Trainer:
 
     def _check_same_run(self, previous: dict) -> None:
         before, now = previous.get("train", {}), self.run_info["train"]
-        changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and before.get(k) != now[k])
+        changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and before.get(k, now[k]) != now[k])
         for key in ("adapter", "data", "space"):
             if previous.get(key) != json.loads(json.dumps(self.run_info[key], default=str)):
                 changed.append(key)
@@ -254,22 +265,49 @@ class Trainer:
         path = self.out / "log.csv"
         if not path.is_file():
             return
-        with path.open(newline="") as handle:
-            rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= step]
-        tmp = path.with_suffix(".csv.tmp")
-        with tmp.open("w", newline="") as handle:
+        rows = [r for r in _log_rows(path) if int(r["step"]) <= step]
+        with atomic_file(path) as tmp, tmp.open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=LOG_FIELDS)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, path)
 
 
 def read_log(out_dir) -> list[dict]:
     """The rows of a run's ``log.csv`` with numbers as floats (``step`` and ``tokens`` as ints)."""
-    with (Path(out_dir) / "log.csv").open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    return [{k: (v if k == "shapes" else int(v) if k in ("step", "tokens") else float(v)) for k, v in r.items()}
-            for r in rows]
+    path = Path(out_dir) / "log.csv"
+    out = []
+    for lineno, row in enumerate(_log_rows(path), 2):
+        try:
+            out.append({k: (v if k == "shapes" else int(v) if k in ("step", "tokens") else float(v))
+                        for k, v in row.items()})
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}:{lineno}: not a row of numbers; the log is damaged: fix or delete that "
+                             "line") from None
+    return out
+
+
+def _log_rows(path: Path) -> list[dict]:
+    """The rows of a ``log.csv`` as strings, checked to be a fine-tuning log with an integer step on every row."""
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+            fields = reader.fieldnames or []
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text; the log is damaged: delete it or start another --out") from None
+    except csv.Error as err:
+        raise ValueError(f"{path} is not a readable CSV ({err}); the log is damaged: delete it or start another "
+                         "--out") from None
+    if "step" not in fields:
+        raise ValueError(f"{path} is not an amoeba-finetune log (no 'step' column in its header); the log is "
+                         "damaged: delete it or start another --out")
+    for lineno, row in enumerate(rows, 2):
+        try:
+            int(row["step"])
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}:{lineno}: step {row['step']!r} is not a number; the log is damaged: fix "
+                             "or delete that line") from None
+    return rows
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:

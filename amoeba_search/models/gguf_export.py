@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 from pathlib import Path
 
 import gguf
 import numpy as np
 import torch
+
+from amoeba_search.paths import atomic_file
 
 _log = logging.getLogger(__name__)
 
@@ -79,17 +80,13 @@ def write_gguf(model, tokenizer, path, *, dtype: str = "f16", tokenizer_gguf=Non
     for gguf_name, data, qtype in _tensors(model, arch, dtype):
         writer.add_tensor(gguf_name, data, raw_dtype=qtype)
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same folder, so os.replace is atomic
-    try:
-        writer.write_header_to_file(path=tmp)
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.replace(tmp, path)
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp:
+        try:
+            writer.write_header_to_file(path=tmp)
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+        finally:
+            writer.close()  # before the rename: it flushes the file
     return path
 
 

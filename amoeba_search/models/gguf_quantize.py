@@ -18,6 +18,7 @@ from pathlib import Path
 import gguf
 
 from amoeba_search.errors import MissingDependency
+from amoeba_search.paths import atomic_file
 
 # gguf-py mirrors llama.h's llama_ftype enum as LlamaFileType. llama-quantize names a type without the
 # member's prefix ("Q4_K_M" for MOSTLY_Q4_K_M, "F32" for ALL_F32); llama-cpp-python as LLAMA_FTYPE_<member>.
@@ -55,16 +56,11 @@ def quantize_with_llamacpp(src_gguf, dst_gguf, type_name: str) -> Path:
         except ImportError:
             raise MissingDependency(INSTALL_HINT) from None
 
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")  # same folder, so os.replace is atomic
-    try:
+    with atomic_file(dst) as tmp:
         if exe is not None:
             _run_executable(exe, src, tmp, key)
         else:
             _run_python(llama_cpp, src, tmp, key)
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
     return dst
 
 

@@ -7,15 +7,20 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from amoeba_search.models.config import check_supported
 from amoeba_search.paths import atomic_dir, cache_dir
+
+_log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -76,15 +81,42 @@ def _alias_cache(spec: str) -> Path:
     return cache_dir("models") / f"{spec}-{ALIASES[spec].version()}"
 
 
+def _cache_problem(cached: Path) -> str | None:
+    """Why the cached model in ``cached`` cannot be used (missing, or cut short by a crash), or None."""
+    weights = sorted(cached.glob("*.safetensors"))
+    if not weights or not (cached / "config.json").is_file():
+        return "no weights or config"
+    try:
+        for file in cached.glob("*.json"):
+            json.loads(file.read_text(encoding="utf-8"))
+        for file in weights:
+            with safe_open(str(file), "pt"):  # checks that the header covers the whole file, reads no tensor
+                pass
+    except (SafetensorError, ValueError, OSError) as err:
+        return f"{file.name}: {err}"
+    return None
+
+
+def _cached_config(spec: str):
+    """The config of the cached alias model; None when there is none or it cannot be read (load_model rebuilds it)."""
+    cached = _alias_cache(spec)
+    if not (cached / "config.json").is_file():
+        return None
+    try:
+        return AutoConfig.from_pretrained(cached)
+    except (OSError, ValueError) as err:
+        _log.warning("cannot read the cached config in %s (%s); reading the GGUF file instead", cached, err)
+        return None
+
+
 def load_config(spec: str = DEFAULT_MODEL):
     """The model's config without loading weights; refuses unsupported architectures."""
     kind, where = _resolve(spec)
-    if kind == "alias" and (_alias_cache(spec) / "config.json").is_file():
-        config = AutoConfig.from_pretrained(_alias_cache(spec))
-    elif kind in ("alias", "gguf"):
+    config = _cached_config(spec) if kind == "alias" else None
+    if config is None and kind in ("alias", "gguf"):
         config = AutoConfig.from_pretrained(where.parent, gguf_file=where.name)
-    else:
-        config = _hub_call(AutoConfig.from_pretrained, where, spec)
+    elif config is None:
+        config = _hub_call(AutoConfig.from_pretrained, where, spec, local=kind == "dir")
     check_supported(config)
     return config
 
@@ -110,7 +142,10 @@ def load_model(spec: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32,
     config = load_config(spec)  # refuse unsupported families before paying for the weights
     if kind == "alias":
         cached = _alias_cache(spec)
-        if not (cached / "model.safetensors").is_file():
+        problem = _cache_problem(cached)
+        if problem is not None:
+            if cached.exists():
+                _log.warning("the cached model in %s is incomplete (%s); rebuilding it from %s", cached, problem, where)
             model, tokenizer = _load_gguf(where, dtype=torch.float32)
             with atomic_dir(cached, overwrite=True) as tmp:
                 model.save_pretrained(tmp)
@@ -120,11 +155,14 @@ def load_model(spec: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32,
     placement = {"device_map": torch.device(device)}
     if device_map is not None:
         placement = {"device_map": check_device_map(config, dtype, device_map, max_memory), "max_memory": max_memory}
+    if kind == "dir":
+        _check_safetensors(where)
     if kind == "gguf":
         model, tokenizer = _load_gguf(where, dtype=dtype, **placement)
     else:
-        model = _hub_call(AutoModelForCausalLM.from_pretrained, where, spec, dtype=dtype, **placement)
-        tokenizer = _hub_call(AutoTokenizer.from_pretrained, where, spec)
+        local = kind == "dir"
+        model = _hub_call(AutoModelForCausalLM.from_pretrained, where, spec, local=local, dtype=dtype, **placement)
+        tokenizer = _hub_call(AutoTokenizer.from_pretrained, where, spec, local=local)
     model.config.name_or_path = spec
     return model.eval(), tokenizer
 
@@ -160,8 +198,27 @@ def _load_gguf(path: Path, *, dtype: torch.dtype, **placement):
     return model, tokenizer
 
 
-def _hub_call(fn, where, spec, **kwargs):
+def _check_safetensors(directory: Path) -> None:
+    """Refuse a checkpoint directory whose weights are only pickle files (``*.bin``, ``*.pt``): never unpickled."""
+    if any(directory.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for p in directory.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+    if pickled:
+        raise ModelNotFoundError(f"{directory} holds its weights only as pickle ({', '.join(pickled[:3])}); "
+                                 "amoeba-search loads safetensors only: convert it once with transformers "
+                                 "(from_pretrained, then save_pretrained with safe_serialization=True) where you "
+                                 "trust the file")
+
+
+def _hub_call(fn, where, spec, *, local: bool = False, **kwargs):
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    if local:  # a directory here: what is wrong is in its files, not the network
+        try:
+            return fn(where, **kwargs)
+        except (OSError, ValueError) as err:
+            reason = " ".join(str(err).split())[:300] or type(err).__name__
+            raise ModelNotFoundError(f"cannot load the checkpoint in {where}: {reason}; fix its files or give "
+                                     "another --model") from err
     try:
         return fn(where, **kwargs)
     except OSError as err:

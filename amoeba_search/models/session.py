@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,8 +12,10 @@ import torch
 from amoeba_search.models.fingerprint import model_fingerprint
 from amoeba_search.models.loading import ALIASES, DEFAULT_MODEL, load_model
 from amoeba_search.models.supernet import Supernet
-from amoeba_search.selection.strategy import SelectionStrategy
+from amoeba_search.strategy import SelectionStrategy
 from amoeba_search.shapes import SearchSpace, SubnetShape
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -91,4 +94,5 @@ def open_supernet(spec: str = DEFAULT_MODEL, strategy: str | Path | None = None,
 
         loaded.adapter = SMoLAdapter.load(adapter, supernet).attach().eval()
         loaded.provenance["adapter"] = str(adapter)
+    logger.info("loaded %s (%s on %s), strategy %s, adapter %s", spec, dtype, device, strategy, adapter)
     return loaded

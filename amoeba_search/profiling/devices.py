@@ -42,11 +42,17 @@ class DeviceSpec:
     sources: tuple = ()                         # ({"document": ..., "url": ..., "note": ...}, ...)
     provenance: str = "datasheet"               # datasheet | measured | declared
     notes: str = ""
+    # nvpmodel power modes (Jetson): ({"name": "15W", "watts": 15, "gpu_max_mhz": ... or absent}, ...)
+    power_modes: tuple = ()
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"device {self.name!r}: kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
         object.__setattr__(self, "sources", tuple(dict(s) for s in self.sources))
+        object.__setattr__(self, "power_modes", tuple(dict(m) for m in self.power_modes))
+        for mode in self.power_modes:
+            if "name" not in mode:
+                raise ValueError(f"device {self.name!r}: every power mode needs a name, got {mode!r}")
 
     @property
     def backend(self) -> str:
@@ -60,7 +66,17 @@ class DeviceSpec:
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
         data["sources"] = list(self.sources)
+        data["power_modes"] = list(self.power_modes)
         return data
+
+    def power_mode(self, name: str) -> dict:
+        """The power mode called ``name`` (``15W``, ``15w`` or ``15``); ValueError naming the modes otherwise."""
+        key = str(name).strip().upper().removesuffix("W")
+        for mode in self.power_modes:
+            if str(mode["name"]).upper().removesuffix("W") == key:
+                return mode
+        known = ", ".join(m["name"] for m in self.power_modes) or "none"
+        raise ValueError(f"device {self.name!r} has no power mode {name!r}; its modes: {known}")
 
     @classmethod
     def from_dict(cls, data: dict) -> "DeviceSpec":
@@ -78,6 +94,11 @@ _A5000_DOC = {"document": "NVIDIA RTX A5000 datasheet",
               "url": "https://www.nvidia.com/content/dam/en-zz/Solutions/products/workstations/nvidia-rtx-a5000-datasheet.pdf"}
 _ORIN_NX_DOC = {"document": "NVIDIA Jetson Orin NX Series Modules Data Sheet (DS-10712-001)",
                 "url": "https://developer.nvidia.com/downloads/jetson-orin-nx-series-data-sheet"}
+_JETSON_POWER_DOC = {"document": "NVIDIA Jetson Linux Developer Guide, Platform Power and Performance: Jetson Orin "
+                                 "Nano Series, Jetson Orin NX Series and Jetson AGX Orin Series (Supported Modes "
+                                 "and Power Efficiency)",
+                     "url": "https://docs.nvidia.com/jetson/archives/r36.3/DeveloperGuide/SD/PlatformPowerAndPerformance/"
+                            "JetsonOrinNanoSeriesJetsonOrinNxSeriesAndJetsonAgxOrinSeries.html"}
 _AGX_ORIN_BRIEF = {"document": "NVIDIA Jetson AGX Orin Series Technical Brief",
                    "url": "https://www.nvidia.com/content/dam/en-zz/Solutions/gtcf21/jetson-orin/nvidia-jetson-agx-orin-technical-brief.pdf"}
 _H100_DOC = {"document": "NVIDIA H100 Tensor Core GPU Datasheet",
@@ -96,17 +117,43 @@ BUILTIN: dict[str, DeviceSpec] = {
         match={"gpu_name": "A5000"},
         sources=({**_A5000_DOC, "note": "768 GB/s, 24 GB, single-precision 27.8 TFLOPS, tensor 222.2 TFLOPS "
                                         "(with sparsity; dense fp16/bf16 = half = 111.1; tf32 dense = 55.6)"},)),
-    "orin-nx": DeviceSpec(
-        name="orin-nx", kind="jetson", description="NVIDIA Jetson Orin NX 16GB (1024-core Ampere GPU, LPDDR5)",
+    "orin-nx-16gb": DeviceSpec(
+        name="orin-nx-16gb", kind="jetson",
+        description="NVIDIA Jetson Orin NX 16GB (1024-core Ampere GPU, 32 Tensor Cores, LPDDR5)",
         memory_bandwidth_gbs=102.4, memory_gb=16.0,
         peak_tflops={"fp32": 1.88, "fp16": 15.0, "bf16": 15.0},
         match={"jetson_model": "Orin NX"},
-        sources=({**_ORIN_NX_DOC, "note": "16GB module: 128-bit LPDDR5 at 102.4 GB/s; GPU 1024 CUDA cores and "
-                                          "32 Tensor Cores at up to 918 MHz"},
+        sources=({**_ORIN_NX_DOC, "note": "16GB module: 100 TOPS (INT8, sparse; GPU + 2 DLAs); 128-bit LPDDR5 at "
+                                          "102.4 GB/s; GPU 1024 CUDA cores and 32 Tensor Cores at up to 918 MHz; "
+                                          "module power 10 W to 25 W"},
                  {**_AGX_ORIN_BRIEF, "note": "derived, not printed: fp32 = 1024 cores x 2 FLOP x 0.918 GHz; "
                                              "fp16 dense = 32 Tensor Cores x 512 FLOP/clk x 0.918 GHz, the per-core "
-                                             "rate implied by AGX Orin's figures"}),
-        notes="fp32/fp16 peaks are derived from core counts and clocks, not printed in the datasheet."),
+                                             "rate implied by AGX Orin's figures"},
+                 {**_JETSON_POWER_DOC, "note": "nvpmodel power modes of the 16GB module (non-Super BSP): 10W, 15W, "
+                                               "25W, MAXN"}),
+        # Per-mode GPU frequency caps are left out: only MAXN's (the data sheet's 918 MHz maximum) could be checked;
+        # the 10W/15W/25W caps of the developer guide's table could not be verified here, so they are not given.
+        power_modes=({"name": "10W", "watts": 10}, {"name": "15W", "watts": 15}, {"name": "25W", "watts": 25},
+                     {"name": "MAXN", "watts": None, "gpu_max_mhz": 918}),
+        notes="fp32/fp16 peaks are derived from core counts and the MAXN GPU clock, not printed in the datasheet; "
+              "a lower power mode caps the clock (scale the peaks down). Alias: orin-nx."),
+    "orin-nx-8gb": DeviceSpec(
+        name="orin-nx-8gb", kind="jetson",
+        description="NVIDIA Jetson Orin NX 8GB (1024-core Ampere GPU, 32 Tensor Cores, LPDDR5)",
+        memory_bandwidth_gbs=102.4, memory_gb=8.0,
+        peak_tflops={"fp32": 1.57, "fp16": 12.5, "bf16": 12.5},
+        match={"jetson_model": "Orin NX"},
+        sources=({**_ORIN_NX_DOC, "note": "8GB module: 70 TOPS (INT8, sparse; GPU + 1 DLA); 128-bit LPDDR5 at "
+                                          "102.4 GB/s; GPU 1024 CUDA cores and 32 Tensor Cores at up to 765 MHz; "
+                                          "module power 10 W to 20 W"},
+                 {**_AGX_ORIN_BRIEF, "note": "derived, not printed: fp32 = 1024 cores x 2 FLOP x 0.765 GHz; "
+                                             "fp16 dense = 32 Tensor Cores x 512 FLOP/clk x 0.765 GHz"},
+                 {**_JETSON_POWER_DOC, "note": "nvpmodel power modes of the 8GB module: 10W, 15W, 20W, MAXN"}),
+        # As for the 16GB: per-mode GPU frequency caps are not given, only MAXN's (the data sheet's 765 MHz maximum).
+        power_modes=({"name": "10W", "watts": 10}, {"name": "15W", "watts": 15}, {"name": "20W", "watts": 20},
+                     {"name": "MAXN", "watts": None, "gpu_max_mhz": 765}),
+        notes="fp32/fp16 peaks are derived from core counts and the MAXN GPU clock, not printed in the datasheet. "
+              "The device tree names both modules 'Orin NX': pick 8gb or 16gb yourself (--force-device is not needed)."),
     "h100": DeviceSpec(
         name="h100", kind="nvidia-gpu", description="NVIDIA H100 SXM5 80GB (HBM3)",
         memory_bandwidth_gbs=3350.0, memory_gb=80.0,
@@ -116,6 +163,11 @@ BUILTIN: dict[str, DeviceSpec] = {
                                        "FP8 3,958 TFLOPS listed with sparsity (dense = half)"},),
         notes="SXM5 figures; an H100 PCIe (2.0 TB/s, 51 TFLOPS FP32) also matches 'H100': add a spec for it."),
 }
+# Old names that keep working: the alias gets the spec under its own name, so tables labelled with it still match.
+ALIASES = {"orin-nx": "orin-nx-16gb"}
+for _alias, _target in ALIASES.items():
+    BUILTIN[_alias] = dataclasses.replace(BUILTIN[_target], name=_alias,
+                                          description=f"alias of {_target}: {BUILTIN[_target].description}")
 
 
 def _spec_files(profiles: Path | None) -> dict[str, Path]:
@@ -135,6 +187,8 @@ def load_spec_file(path: str | os.PathLike) -> DeviceSpec:
         raise ValueError(f"cannot read device spec {path}: {exc.strerror or exc}") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"device spec {path} is not valid JSON: {exc}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"device spec {path} is not UTF-8 text") from None
     if not isinstance(data, dict):
         raise ValueError(f"device spec {path} must be a JSON object")
     try:

@@ -16,6 +16,7 @@ never saw them, lives beside the table in ``<table>.eval.json``.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -47,13 +48,20 @@ COLUMNS: dict[str, str] = {
     "versions": "str", "timestamp": "str", "elapsed_s": "float?", "loadavg_1min": "float?",
     "other_load": "float?",  # cores busy with other processes while this row was measured (CPU contention)
     "extra": "str?",
+    # drift-cancelled measurement (amoeba-profile interleaves each shape with a reference shape, A B A B ...):
+    # the shape's latency over the reference's, measured in the same process and time window
+    "reference_shape": "str?", "decode_ratio": "float?", "prefill_ratio": "float?",
+    "reference_decode_ms": "float?", "reference_prefill_ms": "float?",
 }
+# columns added after schema 1 was first written: tables without them still load (read as empty)
+ADDED_COLUMNS = ("reference_shape", "decode_ratio", "prefill_ratio", "reference_decode_ms", "reference_prefill_ms")
 KEY_COLUMNS = ("device", "machine", "flow", "flow_options", "dtype", "batch", "prompt_len", "context_len",
                "threads", "model_fingerprint")
-ROLES = ("design", "holdout", "extra")
+ROLES = ("design", "holdout", "extra", "transferred")  # transferred: corrected from another table
 METRICS = ("decode", "prefill", "e2e")
 METHODS = ("per-width", "shared-intercept", "linear")
 _METRIC_COLUMN = {"decode": "decode_ms_median", "prefill": "prefill_ms_median"}
+_RATIO_COLUMN = {"decode": "decode_ratio", "prefill": "prefill_ratio"}
 STATS = ("median", "min")  # which per-row statistic the predictor fits: the median, or the fastest repeat
 
 
@@ -62,7 +70,7 @@ class LatencyTableError(ValueError):
 
 
 def eval_path(table_path: str | os.PathLike) -> Path:
-    """``profiles/cpu/torch.csv`` -> ``profiles/cpu/torch.eval.json``."""
+    """``profiles/smollm2-135m/cpu/torch.csv`` -> ``profiles/smollm2-135m/cpu/torch.eval.json``."""
     path = Path(table_path)
     return path.with_name(path.stem + ".eval.json")
 
@@ -88,6 +96,8 @@ def append_row(path: str | os.PathLike, row: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.exists() or path.stat().st_size == 0
+    if not new:
+        _upgrade_header(path)
     with open(path, "a", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         if new:
@@ -95,6 +105,27 @@ def append_row(path: str | os.PathLike, row: dict) -> None:
         writer.writerow([_cell(row.get(col)) for col in COLUMNS])
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def _upgrade_header(path: Path) -> None:
+    """Rewrite a table written before :data:`ADDED_COLUMNS` existed with today's header (the new cells
+    empty), so that appending a row of today's columns keeps every column in its place."""
+    with open(path, newline="") as handle:
+        header = next(csv.reader(handle), None)
+    if header is None or header == list(COLUMNS):
+        return
+    if [c for c in COLUMNS if c not in ADDED_COLUMNS] != [c for c in header if c not in ADDED_COLUMNS] \
+            or set(header) - set(COLUMNS):
+        raise LatencyTableError(f"{path} has columns {', '.join(header[:3])}... that are not this schema's; "
+                                f"write to another --out")
+    from amoeba_search.paths import atomic_write_text
+
+    with open(path, newline="") as handle:
+        records = list(csv.DictReader(handle))
+    lines = [list(COLUMNS)] + [[record.get(col, "") or "" for col in COLUMNS] for record in records]
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(lines)
+    atomic_write_text(path, buffer.getvalue())
 
 
 def drop_partial_last_line(path: str | os.PathLike) -> bool:
@@ -105,17 +136,17 @@ def drop_partial_last_line(path: str | os.PathLike) -> bool:
     data = path.read_bytes()
     if data.endswith(b"\n"):
         return False
-    keep = data[: data.rfind(b"\n") + 1]
-    with open(path, "wb") as handle:
-        handle.write(keep)
-        handle.flush()
-        os.fsync(handle.fileno())
+    from amoeba_search.paths import atomic_write_bytes
+
+    # A new file renamed over the old one, not a truncate: a crash here must not cost the measured rows.
+    atomic_write_bytes(path, data[: data.rfind(b"\n") + 1])
     return True
 
 
 # -- reading and validation -----------------------------------------------------------------------------
 
 def _coerce(frame: pd.DataFrame, where: str) -> pd.DataFrame:
+    frame = frame.assign(**{c: "" for c in ADDED_COLUMNS if c not in frame.columns})
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise LatencyTableError(f"{where} is not a latency table: it lacks column(s) {', '.join(missing)}")
@@ -167,9 +198,14 @@ def validate_frame(frame: pd.DataFrame, where: str = "table") -> pd.DataFrame:
             raise LatencyTableError(f"{where} row {i + 2}: {exc}") from None
         if (shape.depth, shape.ffn_ratio, shape.heads_ratio) != (row.depth, round(row.ffn_ratio, 3), round(row.heads_ratio, 3)):
             raise LatencyTableError(f"{where} row {i + 2}: shape {row.shape} disagrees with its depth/ratio columns")
-    for col in ("prefill_ms_median", "decode_ms_median", "prefill_ms_min", "decode_ms_min"):
+    for col in ("prefill_ms_median", "decode_ms_median", "prefill_ms_min", "decode_ms_min", *_RATIO_COLUMN.values(),
+                "reference_decode_ms", "reference_prefill_ms"):
         if (frame[col] <= 0).any():
             raise LatencyTableError(f"{where}: {col} must be positive (row {int(np.flatnonzero(frame[col] <= 0)[0]) + 2})")
+    references = list(dict.fromkeys(frame["reference_shape"].dropna().tolist()))
+    if len(references) > 1:
+        raise LatencyTableError(f"{where} mixes reference shapes {', '.join(map(repr, references[:3]))}: the ratios of "
+                                f"one table are to one reference; split it into files")
     return frame
 
 
@@ -331,20 +367,36 @@ class LatencyTable:
             raise LatencyTableError(f"{self.path or 'table'} was measured for {mine}, not {fingerprint}; "
                                     f"profile this model with amoeba-profile --model")
 
-    def points(self, metric: str, roles: Iterable[str] | None = None) -> pd.DataFrame:
-        """Median latency per shape (ms) for ``metric`` over rows of ``roles``."""
+    @property
+    def has_ratios(self) -> bool:
+        """True when every row holds its drift-cancelled ratio to the table's reference shape (tables written
+        by amoeba-profile with interleaving; older tables and transferred ones have none)."""
+        return bool(self.rows[list(_RATIO_COLUMN.values())].notna().all().all()
+                    and self.rows["reference_shape"].notna().all())
+
+    @property
+    def reference_shape(self) -> SubnetShape | None:
+        """The shape every ratio is relative to; None for a table without ratios."""
+        return SubnetShape.parse(self.rows["reference_shape"].iloc[0]) if self.has_ratios else None
+
+    def points(self, metric: str, roles: Iterable[str] | None = None, *, relative: bool = False) -> pd.DataFrame:
+        """Median latency per shape (ms) for ``metric`` over rows of ``roles``; with ``relative``, the median
+        ratio of each shape to the reference shape instead."""
         if metric not in _METRIC_COLUMN:
             raise LatencyTableError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
+        if relative and not self.has_ratios:
+            raise LatencyTableError(f"{self.path or 'table'} has no ratio columns (decode_ratio, prefill_ratio): "
+                                    f"measure it again with amoeba-profile (interleaving is on by default)")
         rows = self.rows if roles is None else self.rows[self.rows["role"].isin(list(roles))]
-        column = self._column(metric)
+        column = _RATIO_COLUMN[metric] if relative else self._column(metric)
         grouped = rows.groupby(["depth", "ffn_ratio", "heads_ratio"], as_index=False)[column].median()
         return grouped.rename(columns={column: "y"})
 
     # -- prediction ---------------------------------------------------------------------------------------
-    def _fit(self, metric: str, method: str, roles: tuple | None = None) -> _Fit:
-        key = (metric, method, roles)
+    def _fit(self, metric: str, method: str, roles: tuple | None = None, relative: bool = False) -> _Fit:
+        key = (metric, method, roles, relative)
         if key not in self._fits:
-            self._fits[key] = fit_latency(self.points(metric, roles), metric, method)
+            self._fits[key] = fit_latency(self.points(metric, roles, relative=relative), metric, method)
         return self._fits[key]
 
     def chosen_method(self, metric: str) -> str:
@@ -359,12 +411,58 @@ class LatencyTable:
                 return method
             except LatencyTableError:
                 continue
-        raise LatencyTableError(f"{self.path or 'table'} has too few rows to fit any latency model")
+        raise LatencyTableError(self._too_few_rows(metric))
 
-    def predict(self, shape: SubnetShape | str, *, metric: str = "decode", method: str | None = None) -> float:
+    def _too_few_rows(self, metric: str) -> str:
+        """Why no latency model fits, in terms of what the table has and what to measure next."""
+        points = self.points("decode" if metric == "e2e" else metric)
+        depths = sorted({int(d) for d in points["depth"]})
+        ffns = sorted({float(f) for f in points["ffn_ratio"]})
+        heads = sorted({float(h) for h in points["heads_ratio"]})
+        # what to measure: a 2 (depths) x 2 (FFN) x 2 (heads) grid around what is there
+        if len(depths) >= 2:
+            grid_d = depths[-2:]
+        else:
+            grid_d = [depths[0], depths[0] // 2] if depths[0] > 1 else [1, 2]
+        grid_f = ffns[:1] + ffns[-1:] if len(ffns) >= 2 else ffns + [0.5 if ffns[0] != 0.5 else 1.0]
+        grid_h = heads[:1] + heads[-1:] if len(heads) >= 2 else heads + [0.5 if heads[0] != 0.5 else 1.0]
+        have = {(int(r.depth), round(float(r.ffn_ratio), 3), round(float(r.heads_ratio), 3))
+                for r in points.itertuples(index=False)}
+        todo = [str(SubnetShape(d, f, h)) for d in sorted(grid_d) for f in sorted(grid_f) for h in sorted(grid_h)
+                if (d, round(f, 3), round(h, 3)) not in have]
+        where = self.path or "table"
+        return (f"{where} has too few rows to fit any latency model: it has depths {depths}, FFN ratios "
+                f"{ffns}, heads ratios {heads} and no width "
+                f"(FFN ratio, heads ratio) measured at two depths. The per-width and shared-intercept models need "
+                f"a width measured at 2 or more depths, the linear model 2 depths and a 2x2 grid of FFN x heads "
+                f"ratios, and predicting a width between measured ones needs the 2x2 grid around it; measure at "
+                f"least 2 depths and 2 FFN x 2 heads ratios, e.g. amoeba-profile --device {self.device} --flow "
+                f"{self.flow} --out {where} --resume --shapes {','.join(todo)} (with the model and settings this "
+                f"table was measured with)")
+
+    def isa(self) -> tuple[str, ...] | None:
+        """The ISA flags the table's machine had (the ``isa`` of its rows' ``extra``); None for tables written
+        before rows recorded them."""
+        for text in self.rows["extra"]:
+            try:
+                extra = json.loads(text) if text else {}
+            except (TypeError, ValueError):
+                continue
+            if isinstance(extra, dict) and isinstance(extra.get("isa"), list):
+                return tuple(sorted(str(flag) for flag in extra["isa"]))
+        return None
+
+    def predict(self, shape: SubnetShape | str, *, metric: str = "decode", method: str | None = None,
+                reference_ms: float | dict | None = None) -> float:
         """Predicted latency in ms: ``decode`` per token, ``prefill`` of the prompt, or ``e2e`` (prefill plus
-        ``decode_tokens`` decode steps, i.e. up to ``context_len``)."""
+        ``decode_tokens`` decode steps, i.e. up to ``context_len``).
+
+        ``reference_ms``: the reference shape's latency measured now (a number for ``decode`` or ``prefill``;
+        a dict with both for ``e2e``): the prediction is then :meth:`predict_relative` times it, which holds
+        while the machine's speed drifts. Without it, the table's absolute latencies are used."""
         shape = SubnetShape.parse(shape) if isinstance(shape, str) else shape
+        if reference_ms is not None:
+            return self._predict_scaled(shape, metric, method, reference_ms)
         if metric == "e2e":
             return (self.predict(shape, metric="prefill", method=method)
                     + self.decode_tokens * self.predict(shape, metric="decode", method=method))
@@ -372,6 +470,57 @@ class LatencyTable:
             raise LatencyTableError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
         return self._fit(metric, method or self.chosen_method(metric)).predict(shape.depth, shape.ffn_ratio,
                                                                                 shape.heads_ratio)
+
+    def predict_relative(self, shape: SubnetShape | str, *, metric: str = "decode", method: str | None = None) -> float:
+        """Predicted latency of ``shape`` over the reference shape's (:attr:`reference_shape`), both measured in
+        the same time window: the same latency models fit on the ratio columns. ``decode`` or ``prefill``."""
+        shape = SubnetShape.parse(shape) if isinstance(shape, str) else shape
+        if metric not in _RATIO_COLUMN:
+            raise LatencyTableError(f"a ratio is per metric: choose decode or prefill, not {metric!r}")
+        return self._fit(metric, method or self.chosen_method(metric), relative=True).predict(
+            shape.depth, shape.ffn_ratio, shape.heads_ratio)
+
+    def _predict_scaled(self, shape: SubnetShape, metric: str, method: str | None, reference_ms) -> float:
+        if metric == "e2e":
+            if not isinstance(reference_ms, dict) or not {"decode", "prefill"} <= set(reference_ms):
+                raise LatencyTableError("an e2e prediction from a reference needs reference_ms={'decode': ms, "
+                                        "'prefill': ms}, the reference shape's latencies measured now")
+            return (self._predict_scaled(shape, "prefill", method, reference_ms)
+                    + self.decode_tokens * self._predict_scaled(shape, "decode", method, reference_ms))
+        value = reference_ms[metric] if isinstance(reference_ms, dict) else reference_ms
+        if not isinstance(value, (int, float)) or not value > 0:
+            raise LatencyTableError(f"reference_ms must be the reference's {metric} latency in ms (> 0), got {value!r}")
+        return self.predict_relative(shape, metric=metric, method=method) * float(value)
+
+    def noise_floor(self) -> dict | None:
+        """How far one shape's measurement moves between separate loads, from the reference's repeated loads:
+        the relative spread ((max - min) / median) of its per-load decode and prefill latency; None without
+        ratios or with a single load."""
+        if not self.has_ratios:
+            return None
+        loads: dict = {}
+        columns = ["extra", "reference_decode_ms", "reference_prefill_ms"]
+        for text, dec, pre in self.rows[columns].itertuples(index=False):
+            try:
+                extra = json.loads(text) if text else {}
+            except (TypeError, ValueError):
+                extra = {}
+            load = extra.get("reference_load") if isinstance(extra, dict) else None
+            if load is not None:
+                loads.setdefault(load, ([], []))
+                loads[load][0].append(dec)
+                loads[load][1].append(pre)
+        if len(loads) < 2:
+            return None
+        out = {"reference_shape": str(self.reference_shape), "loads": len(loads)}
+        for i, metric in enumerate(("decode", "prefill")):
+            per_load = np.array([np.median(v[i]) for v in loads.values()])
+            spread = (per_load.max() - per_load.min()) / np.median(per_load)
+            out[f"reference_{metric}_spread_across_loads"] = float(spread)
+        ratios = self.rows.groupby("shape")["decode_ratio"]
+        spread = [(g.max() - g.min()) / g.median() for _, g in ratios if len(g) >= 2]
+        out["decode_ratio_spread_across_passes"] = float(np.median(spread)) if spread else None
+        return out
 
     def predict_detail(self, shape: SubnetShape | str, *, metric: str = "decode", method: str | None = None) -> dict:
         base = "decode" if metric == "e2e" else metric
@@ -415,6 +564,8 @@ class LatencyTable:
             measured = {"decode": merged[columns["decode"]], "prefill": merged[columns["prefill"]], "e2e": merged["e2e"]}
             for metric in METRICS:
                 result["metrics"][metric][method] = _error_stats(preds[metric], measured[metric].to_numpy(float))
+        if self.has_ratios and holdout is None:
+            result["ratio_metrics"] = self._evaluate_ratios(test, fit_roles)
         result["cross_validation"] = cv = self.cross_validate()
         result["chosen_by"] = "leave-one-shape-out cross-validation over all rows (lowest MAPE)"
         for metric in METRICS:
@@ -422,6 +573,23 @@ class LatencyTable:
             if scored:
                 result["chosen"][metric] = min(scored, key=scored.get)
         return result
+
+    def _evaluate_ratios(self, test: pd.DataFrame, fit_roles: tuple) -> dict:
+        """Error of each method fit on the design rows' ratios, on the held-out rows' ratios (decode, prefill)."""
+        out: dict = {}
+        for metric, column in _RATIO_COLUMN.items():
+            truth = test.groupby(["depth", "ffn_ratio", "heads_ratio"], as_index=False)[column].median()
+            out[metric] = {}
+            for method in METHODS:
+                try:
+                    fit = self._fit(metric, method, fit_roles, relative=True)
+                    guess = np.array([fit.predict(int(r.depth), r.ffn_ratio, r.heads_ratio)
+                                      for r in truth.itertuples(index=False)])
+                except LatencyTableError as exc:
+                    out[metric][method] = {"error": str(exc)}
+                    continue
+                out[metric][method] = _error_stats(guess, truth[column].to_numpy(float))
+        return out
 
     def cross_validate(self) -> dict:
         """Leave-one-shape-out error of each method over every measured shape, per metric."""
@@ -465,3 +633,25 @@ class LatencyTable:
                   **self.evaluate(), "written": time.strftime("%Y-%m-%dT%H:%M:%S"), **(extra or {})}
         atomic_write_text(path, json.dumps(report, indent=2, default=str) + "\n")
         return Path(path)
+
+
+def table_machine_warning(table: LatencyTable, machine) -> str | None:
+    """None when ``table`` was measured on a machine like ``machine`` (a
+    :class:`~amoeba_search.profiling.machine.MachineInfo`), else one line saying its latencies are another
+    machine's (see :func:`~amoeba_search.profiling.machine.machine_mismatch`). The caller decides where it goes."""
+    from amoeba_search.profiling.machine import machine_mismatch
+
+    name = f"latency table {_display_path(table.path)}" if table.path is not None else "the latency table"
+    return machine_mismatch(str(table.machine), machine, table_isa=table.isa(), table_name=name)
+
+
+def _display_path(path: Path) -> str:
+    """``path`` relative to the working directory or the checkout (``profiles/...``) where it lies inside."""
+    from amoeba_search.profiling import CHECKOUT_PROFILES
+
+    for base in (Path.cwd(), CHECKOUT_PROFILES.parent):
+        try:
+            return str(Path(path).resolve().relative_to(base.resolve()))
+        except (ValueError, OSError):
+            continue
+    return str(path)

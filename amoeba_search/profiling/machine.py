@@ -20,15 +20,20 @@ class MachineInfo:
     gpus: tuple[str, ...] = ()          # NVIDIA GPU names through NVML
     jetson_model: str | None = None     # e.g. "NVIDIA Jetson Orin NX Engineering Reference Developer Kit"
     probes: dict = field(default_factory=dict, compare=False)  # probe name -> "ok" or why it gave nothing
+    isa: tuple[str, ...] = ()           # the CPU's speed-relevant ISA flags (see ISA_FLAGS), sorted
 
     def summary(self) -> str:
-        parts = [f"{self.cpu_model} ({self.cpu_cores} cores)"]
+        parts = [f"{self.cpu_model} ({', '.join([f'{self.cpu_cores} cores'] + isa_summary(self.isa))})"]
         if self.memory_bytes:
             parts.append(f"{self.memory_bytes / 2**30:.0f} GiB RAM")
         parts.append("GPUs: " + (", ".join(self.gpus) if self.gpus else "no NVIDIA GPU"))
         if self.jetson_model:
             parts.append(f"Jetson: {self.jetson_model}")
         return "; ".join(parts)
+
+    def cpu_label(self) -> str:
+        """The CPU in one phrase with its notable ISA, e.g. ``Intel Xeon (2 cores, AVX-512, AMX)``."""
+        return cpu_label(self.cpu_model, self.cpu_cores, self.isa)
 
     def slug(self) -> str:
         """A short stable name for this machine's CPU (used to key cached measurements)."""
@@ -46,6 +51,98 @@ def cpu_model_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown CPU"
+
+
+# /proc/cpuinfo flags (x86 "flags", ARM "Features") that change how fast a flow's kernels run
+ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+             "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8",
+             "asimd", "asimdhp", "asimddp", "sve", "sve2", "bf16", "i8mm")
+
+
+def isa_flags() -> tuple[str, ...]:
+    """This CPU's flags among :data:`ISA_FLAGS`, sorted; empty when ``/proc/cpuinfo`` is unreadable."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return tuple(sorted(set(value.split()) & set(ISA_FLAGS)))
+    except OSError:
+        pass
+    return ()
+
+
+def isa_summary(flags) -> list[str]:
+    """The flags a reader recognises, coarsest first: ``["AVX-512", "AMX"]``, ``["AVX2"]``, ``["NEON", "SVE"]``."""
+    flags = set(flags)
+    labels = []
+    if "avx512f" in flags:
+        labels.append("AVX-512")
+    elif "avx2" in flags:
+        labels.append("AVX2")
+    if flags & {"amx_tile", "amx_bf16", "amx_int8"}:
+        labels.append("AMX")
+    if "asimd" in flags:
+        labels.append("NEON")
+    if flags & {"sve", "sve2"}:
+        labels.append("SVE2" if "sve2" in flags else "SVE")
+    return labels
+
+
+def short_cpu_name(model: str) -> str:
+    """``Intel(R) Xeon(R) Processor`` -> ``Intel Xeon``; ``AMD EPYC 7B13 64-Core Processor`` -> ``AMD EPYC 7B13``."""
+    import re
+
+    text = re.sub(r"\((R|TM|tm|r)\)", "", model)
+    text = re.sub(r"\b\d+-Core\b", "", text)
+    text = re.sub(r"\b(Processor|CPU)\b", "", text)
+    return " ".join(text.split()) or model.strip()
+
+
+def cpu_label(model: str, cores: int | None, isa=None) -> str:
+    """``<short CPU name> (<cores> cores[, ISA summary])``."""
+    parts = ([f"{cores} cores"] if cores else []) + isa_summary(isa or ())
+    name = short_cpu_name(model)
+    return f"{name} ({', '.join(parts)})" if parts else name
+
+
+def parse_machine_label(label: str) -> tuple[str, int | None]:
+    """A table's ``machine`` column, ``<CPU model> (<n> cores)`` as the profiler writes it for a CPU device,
+    as ``(CPU model, cores)``; other labels (a GPU or Jetson name) as ``(label, None)``."""
+    import re
+
+    match = re.fullmatch(r"\s*(.*?)\s*\((\d+) cores?\)\s*", label or "")
+    return (match.group(1), int(match.group(2))) if match else ((label or "").strip(), None)
+
+
+def machine_mismatch(table_machine: str, machine: MachineInfo, *, table_isa=None,
+                     table_name: str = "the latency table") -> str | None:
+    """None when a table measured on ``table_machine`` (its ``machine`` column) was measured on a machine like
+    ``machine``, else one line that says both and what it means for the numbers.
+
+    Compared: the CPU model (ignoring (R), (TM), "Processor"), the core count and, where the table recorded
+    them (``table_isa``; older tables did not), the ISA flags. A GPU or Jetson label is compared by name with
+    this machine's GPUs and board.
+    """
+    model, cores = parse_machine_label(table_machine)
+    if cores is None:  # an accelerator's name
+        names = [g.lower() for g in machine.gpus] + ([machine.jetson_model.lower()] if machine.jetson_model else [])
+        if model.lower() in names:
+            return None
+        theirs, mine = model, (", ".join(machine.gpus) or machine.jetson_model or f"{machine.cpu_label()} "
+                                                                                 f"without a GPU")
+    else:
+        isa = None if table_isa is None else tuple(sorted(set(table_isa) & set(ISA_FLAGS)))
+        same_cpu = short_cpu_name(model).lower() == short_cpu_name(machine.cpu_model).lower()
+        same_isa = isa is None or not machine.isa or set(isa) == set(machine.isa)
+        if same_cpu and cores == machine.cpu_cores and same_isa:
+            return None
+        theirs, mine = cpu_label(model, cores, isa), machine.cpu_label()
+        if theirs == mine and isa is not None:  # only flags the summary does not name differ
+            extra, missing = sorted(set(machine.isa) - set(isa)), sorted(set(isa) - set(machine.isa))
+            mine += " with " + ", ".join([f"+{f}" for f in extra] + [f"-{f}" for f in missing])
+    return (f"{table_name} was measured on {theirs}, this is {mine}: its latencies are that machine's; "
+            f"verification here measures this machine, so expect them to differ")
 
 
 def cpu_cores() -> int:
@@ -118,7 +215,8 @@ def detect_machine() -> MachineInfo:
     gpus, gpu_note = nvidia_gpus()
     jetson, jetson_note = jetson_model()
     return MachineInfo(cpu_model=cpu_model_name(), cpu_cores=cpu_cores(), memory_bytes=memory_bytes(),
-                       gpus=gpus, jetson_model=jetson, probes={"nvml": gpu_note, "jetson": jetson_note})
+                       gpus=gpus, jetson_model=jetson, probes={"nvml": gpu_note, "jetson": jetson_note},
+                       isa=isa_flags())
 
 
 # -- CPU microbenchmarks ------------------------------------------------------------------------------

@@ -6,6 +6,8 @@ right shape; a config alone (a ``config.json``) is enough to profile a 7B-shaped
 """
 from __future__ import annotations
 
+import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -13,6 +15,8 @@ from pathlib import Path
 
 from amoeba_search.models.config import check_supported, subnet_config
 from amoeba_search.shapes import ModelDims, SubnetShape
+
+_log = logging.getLogger(__name__)
 
 DTYPES = ("fp32", "bf16", "fp16")
 
@@ -29,7 +33,7 @@ class ModelSource:
         return ModelDims.from_config(self.config)
 
     def fingerprint(self) -> str:
-        return model_fingerprint(self.name, self.config)
+        return table_fingerprint(self.name, self.config)
 
 
 def architecture_key(config) -> str:
@@ -40,7 +44,7 @@ def architecture_key(config) -> str:
             f"-kv{d.num_kv_heads}-d{d.head_dim}-v{config.vocab_size}-{tied}")
 
 
-def model_fingerprint(name: str, config) -> str:
+def table_fingerprint(name: str, config) -> str:
     """``<name>|<architecture key>``: tables of another model (or another architecture) are rejected."""
     return f"{name}|{architecture_key(config)}"
 
@@ -104,25 +108,42 @@ def load_model_source(spec: str | None = None) -> ModelSource:
 
 def save_tokenizer(source: ModelSource, out_dir: Path) -> bool:
     """Write the source model's tokenizer into ``out_dir`` (cached once per model); False if it has none."""
-    from amoeba_search.paths import cache_dir
+    from amoeba_search.paths import atomic_dir, cache_dir
 
     if source.tokenizer_from is None:
         return False
-    cached = cache_dir("tokenizers", "".join(c if c.isalnum() or c in "-_." else "_" for c in source.name))
-    if not any(cached.iterdir()):
+    cached = cache_dir("tokenizers") / "".join(c if c.isalnum() or c in "-_." else "_" for c in source.name)
+    problem = _tokenizer_cache_problem(cached)
+    if problem is not None:
         from transformers import AutoTokenizer
 
+        if cached.exists():
+            _log.warning("the cached tokenizer in %s is incomplete (%s); rebuilding it", cached, problem)
         where, gguf_file = source.tokenizer_from
         kwargs = {"gguf_file": gguf_file} if gguf_file else {}
         try:
             tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
         except (OSError, ValueError):
             return False
-        tokenizer.save_pretrained(str(cached))
+        # Written whole and renamed: a folder that a crash left half full never counts as a cached tokenizer.
+        with atomic_dir(cached, overwrite=True) as tmp:
+            tokenizer.save_pretrained(str(tmp))
     for item in cached.iterdir():
         if item.is_file():
             shutil.copy2(item, out_dir / item.name)
     return True
+
+
+def _tokenizer_cache_problem(cached: Path) -> str | None:
+    """Why the tokenizer cached in ``cached`` cannot be used (missing, or cut short), or None."""
+    if not (cached / "tokenizer_config.json").is_file():
+        return "no tokenizer_config.json"
+    for file in cached.glob("*.json"):
+        try:
+            json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            return f"{file.name}: {err}"
+    return None
 
 
 def build_random_checkpoint(config, shape: SubnetShape, out_dir: str | os.PathLike, *, dtype: str = "fp32",

@@ -8,6 +8,7 @@ that depth really is linear; a few random held-out shapes score the predictor.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import random
@@ -29,6 +30,7 @@ from amoeba_search.profiling.model_source import ModelSource, build_random_check
 from amoeba_search.profiling.telemetry import PowerSampler, TelemetryUnavailable, open_power_source
 from amoeba_search.shapes import SearchSpace, SubnetShape
 
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PlannedShape:
@@ -93,6 +95,18 @@ class ProfileRequest:
     wait_idle_s: float = 0.0     # before each attempt, wait up to this long for other load to drop below it
     passes: int = 1              # rows per shape, measured in separate passes over the plan
     compute_device: str | None = None  # the local device the flow runs on (e.g. cuda:1); default the backend's
+    # drift-cancelled measurement: time each shape between rounds of this reference shape (R S R S ... R) and
+    # store the ratios; None: absolute timings only. The reference model is loaded again every
+    # ``reference_reload`` shapes, so that the table records its spread across loads (its noise floor).
+    reference: SubnetShape | None = None
+    reference_reload: int = 8
+
+    def __post_init__(self):
+        if self.reference_reload < 1:
+            raise ValueError(f"reference_reload must be at least 1 (shapes per load of the reference), "
+                             f"got {self.reference_reload}")
+        if isinstance(self.reference, str):
+            self.reference = SubnetShape.parse(self.reference)
 
     def key(self) -> dict:
         return {"device": self.device.name, "machine": machine_label(self.device, self.machine),
@@ -196,23 +210,45 @@ def _spread_ok(m: Measurement, target: float) -> bool:
     return True
 
 
+@dataclass
+class LoadedReference:
+    """The reference shape, prepared in the flow, that shapes are timed against; ``load`` counts its loads."""
+    shape: SubnetShape
+    handle: object
+    load: int = 0
+
+
 def measure_shape(flow: Flow, checkpoint: Path, workdir: Path, settings: MeasureSettings, backend: str, *,
-                  sampler: PowerSampler | None = None, max_rounds: int = 1, target_spread: float = 0.05
-                  ) -> tuple[Measurement, dict]:
+                  sampler: PowerSampler | None = None, max_rounds: int = 1, target_spread: float = 0.05,
+                  reference: LoadedReference | None = None) -> tuple[Measurement, dict]:
     """Prepare and measure one checkpoint (again while the spread is above ``target_spread``, at most
-    ``max_rounds`` times); returns the merged measurement and energy facts."""
+    ``max_rounds`` times); returns the merged measurement and energy facts.
+
+    With ``reference``, every round of the shape is bracketed by rounds of the reference (R S R S ... R) and
+    the measurement's ``extra["reference"]`` holds the drift-cancelled ratios
+    (:func:`~amoeba_search.profiling.interleave.interleaved_ratios`)."""
+    from amoeba_search.profiling.interleave import interleaved_ratios
+
     Path(workdir).mkdir(parents=True, exist_ok=True)
     handle = flow.prepare(checkpoint, workdir, settings, backend)
     try:
-        merged, calls = None, []
+        merged, calls, rounds = None, [], []
+        reference_rounds = [flow.measure(reference.handle, settings)] if reference is not None else []
         for _ in range(max(1, max_rounds)):
             start = time.perf_counter()
-            merged = _merge(merged, flow.measure(handle, settings))
+            m = flow.measure(handle, settings)
             calls.append([start, time.perf_counter()])
+            merged = _merge(merged, m)
+            if reference is not None:
+                rounds.append(m)
+                reference_rounds.append(flow.measure(reference.handle, settings))
             if _spread_ok(merged, target_spread):
                 break
     finally:
         flow.close(handle)
+    if reference is not None:
+        merged.extra["reference"] = {"shape": str(reference.shape), "load": reference.load,
+                                     **interleaved_ratios(rounds, reference_rounds)}
     energy = {"prefill_energy_mj": None, "decode_energy_mj_per_token": None, "energy_scope": None}
     if sampler is not None:
         prefill_w, decode_w = merged.extra.get("prefill_windows"), merged.extra.get("decode_windows")
@@ -235,7 +271,8 @@ def measure_shape(flow: Flow, checkpoint: Path, workdir: Path, settings: Measure
     return merged, energy
 
 
-def _measure_least_disturbed(request: ProfileRequest, flow: Flow, checkpoint: Path, workdir: Path, power_source):
+def _measure_least_disturbed(request: ProfileRequest, flow: Flow, checkpoint: Path, workdir: Path, power_source,
+                             reference: LoadedReference | None = None):
     """Measure; while other processes kept more than ``max_other_load`` cores busy, measure again (after
     waiting for quiet if asked), up to ``max_attempts`` times; keep the least disturbed measurement."""
     best, attempts = None, 0
@@ -249,7 +286,7 @@ def _measure_least_disturbed(request: ProfileRequest, flow: Flow, checkpoint: Pa
             m, energy = measure_shape(flow, checkpoint, workdir, request.settings,
                                       request.compute_device or request.device.backend,
                                       sampler=sampler, max_rounds=request.max_rounds,
-                                      target_spread=request.target_spread)
+                                      target_spread=request.target_spread, reference=reference)
         finally:
             if sampler is not None:
                 sampler.stop()
@@ -267,9 +304,15 @@ def _row(request: ProfileRequest, planned: PlannedShape, m: Measurement, energy:
 
     dims, shape, s = request.source.dims, planned.shape, request.settings
     pre, dec = _stats(m.prefill_ms), _stats(m.decode_ms_per_token) if m.decode_ms_per_token else (None,) * 3
-    extra = {k: v for k, v in m.extra.items() if k not in ("prefill_windows", "decode_windows", "memory_kind")}
+    extra = {k: v for k, v in m.extra.items()
+             if k not in ("prefill_windows", "decode_windows", "memory_kind", "reference")}
+    reference = m.extra.get("reference") or {}
+    if reference:
+        extra["reference_load"] = reference["load"]
     if energy.get("energy_scope"):
         extra["energy_scope"] = energy["energy_scope"]
+    if request.machine.isa:
+        extra["isa"] = list(request.machine.isa)  # compared by amoeba-search with the machine it runs on
     return {**request.key(), "schema_version": SCHEMA_VERSION, "decode_tokens": s.decode_tokens,
             "model": request.source.name, "shape": str(shape), "depth": shape.depth, "ffn_ratio": shape.ffn_ratio,
             "heads_ratio": shape.heads_ratio, "ffn_channels": shape.ffn_channels(dims),
@@ -285,7 +328,70 @@ def _row(request: ProfileRequest, planned: PlannedShape, m: Measurement, energy:
             "decode_energy_mj_per_token": energy["decode_energy_mj_per_token"],
             "power_source": power if energy.get("energy_scope") else None,
             "versions": versions, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"), "elapsed_s": elapsed,
-            "loadavg_1min": os.getloadavg()[0], "extra": extra}
+            "loadavg_1min": os.getloadavg()[0], "extra": extra,
+            "reference_shape": reference.get("shape"), "decode_ratio": reference.get("decode_ratio"),
+            "prefill_ratio": reference.get("prefill_ratio"),
+            "reference_decode_ms": reference.get("reference_decode_ms"),
+            "reference_prefill_ms": reference.get("reference_prefill_ms")}
+
+
+def _effective_reference(request: ProfileRequest, done: Counter) -> SubnetShape | None:
+    """The reference to interleave with: the request's, except when continuing a table measured without one
+    (kept absolute, so that the table stays of one kind); a table measured against another reference is an error."""
+    if request.reference is None:
+        return None
+    request.reference.check(request.source.dims)
+    if not sum(done.values()):
+        return request.reference
+    have = LatencyTable.load(request.out).rows["reference_shape"].dropna()
+    if have.empty:
+        log.warning("%s was measured without a reference shape; continuing it with absolute timings only",
+                    request.out)
+        return None
+    if have.iloc[0] != str(request.reference):
+        raise ValueError(f"{request.out} holds ratios to reference {have.iloc[0]}, not {request.reference}; pass "
+                         f"--reference {have.iloc[0]} to continue it")
+    return request.reference
+
+
+class _ReferenceModel:
+    """The reference shape's checkpoint, prepared in the flow, loaded again every ``reload`` shapes."""
+
+    def __init__(self, request: ProfileRequest, flow: Flow, shape: SubnetShape):
+        self.request, self.flow, self.shape = request, flow, shape
+        self.tmp = tempfile.TemporaryDirectory(prefix="amoeba-reference-")
+        self.loaded: LoadedReference | None = None
+        self.used = 0
+        self.loads = 0
+        self.checkpoint = build_random_checkpoint(request.source.config, shape, Path(self.tmp.name) / "checkpoint",
+                                                  dtype=_checkpoint_dtype(request), seed=request.seed)
+        if getattr(flow, "needs_tokenizer", True):
+            save_tokenizer(request.source, self.checkpoint)
+
+    def next(self) -> LoadedReference:
+        if self.loaded is not None and self.used % max(1, self.request.reference_reload) == 0:
+            self.flow.close(self.loaded.handle)
+            self.loaded = None
+        if self.loaded is None:
+            workdir = Path(self.tmp.name) / f"work{self.loads}"
+            workdir.mkdir(parents=True, exist_ok=True)
+            handle = self.flow.prepare(self.checkpoint, workdir, self.request.settings,
+                                       self.request.compute_device or self.request.device.backend)
+            self.loaded = LoadedReference(self.shape, handle, load=self.loads)
+            self.loads += 1
+        self.used += 1
+        return self.loaded
+
+    def close(self) -> None:
+        try:
+            if self.loaded is not None:
+                self.flow.close(self.loaded.handle)
+        finally:
+            self.tmp.cleanup()
+
+
+def _checkpoint_dtype(request: ProfileRequest) -> str:
+    return request.settings.dtype if request.settings.dtype in ("fp32", "bf16", "fp16") else "fp32"
 
 
 def run_profile(request: ProfileRequest, flow: Flow, *,
@@ -300,7 +406,9 @@ def run_profile(request: ProfileRequest, flow: Flow, *,
     if request.settings.decode_tokens < 1:
         raise ValueError("context length must exceed the prompt length by at least one decode token")
     plan = request.full_plan()
-    pending = pending_measurements(plan, existing_rows(request), passes=request.passes, seed=request.seed)
+    done = existing_rows(request)
+    pending = pending_measurements(plan, done, passes=request.passes, seed=request.seed)
+    reference_shape = _effective_reference(request, done)
     total = len(plan) * max(1, request.passes)
     if on_start:
         on_start(pending, total - len(pending))
@@ -322,19 +430,22 @@ def run_profile(request: ProfileRequest, flow: Flow, *,
     versions = {"amoeba_search": amoeba_search.__version__, "python": platform.python_version(), **flow.versions()}
     needs_tokenizer = getattr(flow, "needs_tokenizer", True)
     measured = 0
+    reference = None
     try:
+        if pending and reference_shape is not None:
+            reference = _ReferenceModel(request, flow, reference_shape)
         for planned in pending:
             t0 = time.perf_counter()
             with tempfile.TemporaryDirectory(prefix="amoeba-profile-") as tmp:
                 checkpoint = build_random_checkpoint(request.source.config, planned.shape, Path(tmp) / "checkpoint",
-                                                     dtype=request.settings.dtype if request.settings.dtype in
-                                                     ("fp32", "bf16", "fp16") else "fp32", seed=request.seed)
+                                                     dtype=_checkpoint_dtype(request), seed=request.seed)
                 if needs_tokenizer and not save_tokenizer(request.source, checkpoint):
                     if getattr(flow, "needs_tokenizer", False):
                         raise ValueError(f"flow {request.flow_name!r} needs a tokenizer, and model "
                                          f"{request.source.spec!r} has none; pass --model with a tokenizer")
-                m, energy, load, attempts = _measure_least_disturbed(request, flow, checkpoint, Path(tmp) / "work",
-                                                                     power_source)
+                m, energy, load, attempts = _measure_least_disturbed(
+                    request, flow, checkpoint, Path(tmp) / "work", power_source,
+                    reference=reference.next() if reference is not None else None)
             row = _row(request, planned, m, energy, versions, time.perf_counter() - t0, power_name)
             row["other_load"] = None if load is None else round(load, 3)
             if attempts > 1:
@@ -344,8 +455,12 @@ def run_profile(request: ProfileRequest, flow: Flow, *,
             if on_row:
                 on_row(row)
     finally:
-        if power_source is not None and hasattr(power_source, "close"):
-            power_source.close()
+        try:
+            if reference is not None:
+                reference.close()
+        finally:
+            if power_source is not None and hasattr(power_source, "close"):
+                power_source.close()
     summary = ProfileSummary(out=request.out, planned=total, skipped=total - len(pending), measured=measured,
                              elapsed_s=time.perf_counter() - started,
                              full_grid=len(SearchSpace.default(request.source.dims)), power=power_name)
@@ -356,6 +471,8 @@ def run_profile(request: ProfileRequest, flow: Flow, *,
         summary.eval_path = table.write_eval(extra={
             "full_grid": summary.full_grid, "measurements": len(table), "profiling_time_s": round(profiling_s, 1),
             "other_load_median": round(float(busy.median()), 3) if len(busy) else None,
-            "other_load_max": round(float(busy.max()), 3) if len(busy) else None})
+            "other_load_max": round(float(busy.max()), 3) if len(busy) else None,
+            "reference_shape": str(table.reference_shape) if table.has_ratios else None,
+            "noise_floor": table.noise_floor()})
         summary.evaluation = json.loads(eval_path(request.out).read_text())
     return summary

@@ -5,6 +5,7 @@ through a callback and returns everything it found.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from amoeba_search.quality import quality_floor
 from amoeba_search.search.oracle import MetricOracle, design_sample
 from amoeba_search.search.predictors import Predictor, fit_best, load_predictor, save_predictor
 from amoeba_search.search.search import SearchResult, search
+from amoeba_search.search.storage import SharedEvaluations, describe_storage, evaluations_study_name, open_storage
 from amoeba_search.shapes import SearchSpace, SubnetShape
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -27,6 +29,28 @@ VERIFY_MODES = ("decisive", "all", "none")
 
 class BudgetError(ValueError):
     """No shape of the space can meet the latency budget."""
+
+
+# the cost a search budgets: latency (ms) or energy (mJ per token); the JSON key suffix and the budget flag
+COSTS = {"ms": {"key": "ms", "flag": "--budget-ms", "noun": "latency"},
+         "mJ": {"key": "mj", "flag": "--budget-mj", "noun": "energy"}}
+
+
+def budget_slack(costs: dict, budget: float, *, unit: str = "ms", source_kind: str = "measured") -> dict | None:
+    """The fact that ``budget`` is looser than every shape's cost (so it constrains nothing), or None.
+
+    ``costs``: shape -> cost; ``source_kind``: where the costs come from, in a word (measured, estimate).
+    Returns the slowest shape, its cost and a one-line message for the CLI to print."""
+    if not costs:
+        return None
+    slowest = max(costs, key=costs.get)
+    if costs[slowest] > budget:
+        return None
+    noun, flag = COSTS[unit]["noun"], COSTS[unit]["flag"]
+    message = (f"budget {budget:g} {unit} is above every shape's {noun} (slowest: {costs[slowest]:.1f} {unit}, "
+               f"{source_kind}): every shape fits, so the choice is the most accurate one; pass a tighter {flag}")
+    return {"budget": budget, "unit": unit, "slowest_shape": str(slowest), "slowest": float(costs[slowest]),
+            "source": source_kind, "message": message}
 
 
 @dataclass
@@ -57,7 +81,11 @@ def fit_or_load_predictor(space: SearchSpace, oracle: MetricOracle, path: Path |
     """Reuse the predictor at ``path`` if it was fit with the same oracle settings, else fit and save one."""
     if path is not None and predictor_matches(path, space, oracle):
         predictor, data = load_predictor(path)
-        return predictor, PredictorReport(**{**data["report"], "reused": True})
+        try:
+            return predictor, PredictorReport(**{**data["report"], "reused": True})
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"predictor file {path} has no usable report ({err}); delete it (amoeba-search fits "
+                             "a new one) or pass another --predictor") from err
     train = design_sample(space, n_train, seed=seed)
     holdout = design_sample(space, n_holdout, seed=seed + 1, exclude=train, extremes=False)
     total = len(train) + len(holdout)
@@ -90,6 +118,8 @@ class JobResult:
     layers: dict[str, list[int]] = field(default_factory=dict)
     reference: dict | None = None       # the full model: shape, metric, latency and their sources
     max_metric: float | None = None     # the quality floor: a shape whose metric is above it is unusable
+    budget_warning: dict | None = None  # budget_slack(): the budget is looser than every shape
+    cost_unit: str = "ms"               # what latency_ms holds: ms (latency) or mJ (energy per token)
 
     def front_records(self) -> list[dict]:
         by_shape = {v["shape"]: v for v in self.verified}
@@ -157,14 +187,19 @@ class JobResult:
 
     def to_dict(self) -> dict:
         best = self.best_shape()
-        return {"settings": self.settings, "budget_ms": self.result.budget_ms,
+        key = COSTS[self.cost_unit]["key"]
+        front = self.front_records()
+        if key != "ms":  # an energy search: its cost columns say so
+            front = [{k.replace("latency_ms", f"energy_{key}"): v for k, v in row.items()} for row in front]
+        return {"settings": self.settings, f"budget_{key}": self.result.budget_ms, "budget_unit": self.cost_unit,
+                "budget_warning": self.budget_warning,
                 "memory_budget_mb": self.result.memory_budget_mb, "method": self.result.method,
                 "trials": self.result.trials, "shapes_seen": len(self.result.points),
                 "real_metric_evaluations": self.real_evaluations, "predictor": self.predictor.to_dict(),
                 "best": None if best is None else str(best),
                 "best_rule": "most accurate usable shape within the budget, on verified numbers where measured",
                 "max_metric": self.max_metric, "reference": self.reference, "explanation": self.explanation(),
-                "front": self.front_records(),
+                "front": front,
                 "seconds": self.seconds}
 
 
@@ -175,7 +210,8 @@ def run_job(space: SearchSpace, oracle: MetricOracle, latency_fn: Callable[[Subn
             measure_latency: Callable[[SubnetShape], float] | None = None,
             layers_for: Callable[[SubnetShape], list[int] | None] | None = None,
             settings: dict | None = None, progress: Progress | None = None,
-            memory_fn: Callable[[SubnetShape], float] | None = None, memory_budget_mb: float | None = None) -> JobResult:
+            memory_fn: Callable[[SubnetShape], float] | None = None, memory_budget_mb: float | None = None,
+            cost_unit: str = "ms", source_kind: str = "measured") -> JobResult:
     """Fit (or reuse) the accuracy predictor, search under ``budget_ms`` (and ``memory_budget_mb`` of
     ``memory_fn``, when given), verify the front for real.
 
@@ -183,8 +219,46 @@ def run_job(space: SearchSpace, oracle: MetricOracle, latency_fn: Callable[[Subn
     ``verify_count`` of them are usable and within the budget: the chosen shape and the alternatives nearest
     the budget, which are what decides the answer; ``all`` the whole front; ``none`` nothing (True and False
     mean all and none). ``max_metric``: the quality floor, a number or ``"<k>x"`` (k times the full model's
-    metric); front shapes above it are marked unusable and never chosen.
+    metric); front shapes above it are marked unusable and never chosen. ``cost_unit``: what ``latency_fn``
+    and ``budget_ms`` are in, ``ms`` or ``mJ`` (energy per token); ``source_kind`` (measured, estimate) words
+    where the costs come from in the budget warning (``JobResult.budget_warning``).
+
+    ``storage`` (an Optuna URL, a journal file path or a storage; None keeps everything in memory) holds the
+    studies, and the real evaluations too: every worker running this job on the same storage claims shapes
+    there (``search.storage.SharedEvaluations``), so N workers split the predictor's sample and the
+    verification, and together run ``trials`` trials. The study is ``study_name`` plus the predictor's
+    identity (a digest of its predictions over the space): another predictor never resumes a stale study.
     """
+    store = open_storage(storage)
+    # under torchrun the processes split the evaluations among themselves (distributed.shard_map)
+    shared = store is not None and rank_world()[1] == 1 and getattr(oracle, "shared", False) is None
+    if shared:
+        oracle.shared = SharedEvaluations(store, evaluations_study_name(oracle.settings),
+                                          attrs={"settings": json.dumps(oracle.settings, sort_keys=True, default=str)})
+    try:
+        return _run_job(space, oracle, latency_fn, budget_ms=budget_ms, predictor_path=predictor_path,
+                        method=method, trials=trials, storage=store, study_name=study_name, seed=seed,
+                        verify=verify, verify_count=verify_count, max_metric=max_metric,
+                        measure_latency=measure_latency, layers_for=layers_for, settings=settings,
+                        progress=progress, memory_fn=memory_fn, memory_budget_mb=memory_budget_mb,
+                        cost_unit=cost_unit, source_kind=source_kind, storage_name=describe_storage(storage))
+    finally:
+        if shared:
+            oracle.shared = None
+
+
+def predictor_digest(predictor: Predictor, space: SearchSpace) -> str:
+    """What the search sees of ``predictor``: its predictions over ``space`` (6 significant digits), hashed."""
+    values = [f"{float(v):.6g}" for v in predictor.predict(list(space))]
+    return hashlib.sha256(json.dumps(values).encode()).hexdigest()[:8]
+
+
+def _run_job(space, oracle, latency_fn, *, budget_ms, predictor_path, method, trials, storage, study_name, seed,
+             verify, verify_count, max_metric, measure_latency, layers_for, settings, progress, memory_fn,
+             memory_budget_mb, cost_unit, source_kind, storage_name) -> JobResult:
+    if cost_unit not in COSTS:
+        raise ValueError(f"cost_unit must be one of {', '.join(COSTS)}, got {cost_unit!r}")
+    flag = COSTS[cost_unit]["flag"]
     mode = {True: "all", False: "none"}.get(verify, verify)
     if mode not in VERIFY_MODES:
         raise ValueError(f"verify must be one of {', '.join(VERIFY_MODES)}, got {verify!r}")
@@ -192,8 +266,9 @@ def run_job(space: SearchSpace, oracle: MetricOracle, latency_fn: Callable[[Subn
     latencies = {s: float(latency_fn(s)) for s in space}
     fastest = min(latencies, key=latencies.get)
     if latencies[fastest] > budget_ms:
-        raise BudgetError(f"no shape meets {budget_ms:g} ms: the fastest, {fastest}, is predicted at "
-                          f"{latencies[fastest]:.1f} ms; raise --budget-ms or use a faster flow")
+        raise BudgetError(f"no shape meets {budget_ms:g} {cost_unit}: the fastest, {fastest}, is predicted at "
+                          f"{latencies[fastest]:.1f} {cost_unit}; raise {flag} or use a faster flow")
+    slack = budget_slack(latencies, budget_ms, unit=cost_unit, source_kind=source_kind)
     memory = {s: float(memory_fn(s)) for s in space} if memory_fn is not None else None
     if memory is not None:
         smallest = min(memory, key=memory.get)
@@ -201,25 +276,31 @@ def run_job(space: SearchSpace, oracle: MetricOracle, latency_fn: Callable[[Subn
             raise BudgetError(f"no shape fits {memory_budget_mb:g} MB: the smallest, {smallest}, needs "
                               f"{memory[smallest]:.0f} MB; raise --memory-budget-mb")
         if not any(latencies[s] <= budget_ms and memory[s] <= memory_budget_mb for s in space):
-            raise BudgetError(f"no shape meets both {budget_ms:g} ms and {memory_budget_mb:g} MB; raise a budget")
+            raise BudgetError(f"no shape meets both {budget_ms:g} {cost_unit} and {memory_budget_mb:g} MB; raise a budget")
     start = time.perf_counter()
     before = oracle.evaluations
     predictor, report = fit_or_load_predictor(space, oracle, predictor_path, seed=seed, progress=progress)
     seconds["predictor"] = time.perf_counter() - start
 
     start = time.perf_counter()
+    study_name = f"{study_name}-p{predictor_digest(predictor, space)}"
+    metric_names = ["metric", "energy_mj" if cost_unit == "mJ" else "latency_ms"]
+    study_attrs = {**{k: (settings or {}).get(k) for k in ("model", "device", "flow", "table", "strategy", "adapter",
+                                                           "objective", "metric")},
+                   "budget": f"{budget_ms:g} {cost_unit}", "predictor": (settings or {}).get("predictor"),
+                   "predictor_kind": predictor.kind}
     # one study (in one database) under torchrun: rank 0 searches, every process gets the front
     result = from_rank0(lambda: search(
         space, predictor.predict, lambda shapes: np.array([latencies[s] for s in shapes]),
         budget_ms=budget_ms, method=method, trials=trials, storage=storage, study_name=study_name, seed=seed,
-        memory_budget_mb=memory_budget_mb,
+        memory_budget_mb=memory_budget_mb, metric_names=metric_names, study_attrs=study_attrs,
         memory_fn=None if memory is None else (lambda shapes: np.array([memory[s] for s in shapes]))))
     seconds["search"] = time.perf_counter() - start
 
     start = time.perf_counter()
     rank, world = rank_world()
     largest = space.largest()
-    reference = {"shape": str(largest), "latency_ms": latencies[largest], "latency_source": "latency table"}
+    reference = {"shape": str(largest), "latency_ms": latencies[largest], "latency_source": (settings or {}).get("latency_source", "latency table")}
     if mode == "none":
         reference.update(metric=float(predictor.predict([largest])[0]), metric_source="accuracy predictor")
     else:
@@ -227,7 +308,7 @@ def run_job(space: SearchSpace, oracle: MetricOracle, latency_fn: Callable[[Subn
                          metric_source=f"measured ({oracle.settings.get('metric')} on the supernet)")
     floor = quality_floor(max_metric, reference["metric"])
     order = sorted(result.front, key=lambda p: (p.metric, p.latency_ms))  # most accurate first
-    if mode != "none" and world > 1:  # the likely evaluations, split over the processes
+    if mode != "none" and (world > 1 or getattr(oracle, "shared", None) is not None):  # split over the workers
         oracle([p.shape for p in (order if mode == "all" else order[:verify_count])])
     verified, decisive = [], 0
     for point in order if mode != "none" else []:
@@ -249,10 +330,10 @@ def run_job(space: SearchSpace, oracle: MetricOracle, latency_fn: Callable[[Subn
         progress("verifying the front", verify_count, verify_count)
     seconds["verify"] = time.perf_counter() - start
     layers = {str(p.shape): layers_for(p.shape) for p in result.front} if layers_for else {}
-    settings = {**(settings or {}), "verify": mode, **({"verify_count": verify_count} if mode == "decisive" else {}),
+    settings = {**(settings or {}), "study": study_name, "storage": storage_name, "verify": mode, **({"verify_count": verify_count} if mode == "decisive" else {}),
                 "max_metric_rule": None if max_metric is None else str(max_metric)}
     return JobResult(result, report, verified, seconds, settings, oracle.evaluations - before, layers,
-                     reference, floor)
+                     reference, floor, slack, cost_unit)
 
 
 def write_outputs(job: JobResult, out_dir: str | Path, *, title: str = "") -> dict[str, Path]:
@@ -274,6 +355,6 @@ def write_outputs(job: JobResult, out_dir: str | Path, *, title: str = "") -> di
                             title=title, metric_name=job.settings.get("objective_label", "perplexity"),
                             latency_name=job.settings.get("latency_label", "latency (ms)"),
                             chosen=None if best is None else str(best), reference=job.reference,
-                            max_metric=job.max_metric)
+                            max_metric=job.max_metric, latency_source=job.settings.get("latency_source"))
     render_pareto(info, paths["plot"])
     return paths

@@ -1,13 +1,17 @@
 """Real metric evaluations of shapes on the supernet, remembered on disk so no shape is evaluated twice.
 
 The cache file is JSON: the settings that make a number comparable (model fingerprint, strategy, data) and
-one entry per evaluated shape, rewritten atomically after each evaluation, so a killed run resumes.
+one entry per evaluated shape, rewritten atomically after each evaluation, so a killed run resumes. Several
+processes may share one file: each write reads the file again under a lock (``<file>.lock``) and merges, so
+no process drops another's entries. Workers on several machines share evaluations through the Optuna
+storage instead (``MetricOracle.shared``, see ``search/storage.py``).
 
 Objectives (all lower is better, since the search minimizes): ``ppl``, held-out perplexity
 (``perplexity_oracle``), or a local multiple-choice task's answer cross-entropy (``task_oracle``).
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import random
 import time
@@ -35,17 +39,44 @@ class MetricOracle:
         self.seconds: dict[SubnetShape, float] = {}
         self.details: dict[SubnetShape, dict] = {}  # side numbers per shape (e.g. task accuracy), if any
         self.evaluations = 0  # real evaluations done by this object (cache hits excluded)
-        if self.cache_path is not None and self.cache_path.is_file():
-            data = json.loads(self.cache_path.read_text())
-            if data.get("settings") == settings:
-                self.values = {SubnetShape.parse(k): v for k, v in data["metrics"].items()}
-                self.seconds = {SubnetShape.parse(k): v for k, v in data.get("seconds", {}).items()}
-                self.details = {SubnetShape.parse(k): v for k, v in data.get("details", {}).items()}
+        # when set (run_job does, given a storage), shapes not known here are claimed, evaluated and shared
+        # through it, so several workers split them (a ``search.storage.SharedEvaluations``)
+        self.shared = None
+        if self.cache_path is not None and (self.cache_path.is_file() or self.cache_path.is_dir()):
+            self._read_cache(settings)
+
+    def _read_cache(self, settings: dict[str, Any]) -> None:
+        """The evaluations cached with the same settings; a broken cache file is a one-line ``ValueError``."""
+        values, seconds, details = self._cached(settings)
+        self.values, self.seconds, self.details = values, seconds, details
+
+    def _cached(self, settings: dict[str, Any]) -> tuple[dict, dict, dict]:
+        """(metrics, seconds, details) in the cache file under ``settings``; empty for other settings."""
+        from amoeba_search.jsonfile import read_json
+
+        fix = "delete it to evaluate again, or choose another --out"
+        data = read_json(self.cache_path, what="evaluation cache", fix=fix)
+        if data.get("settings") != settings:
+            return {}, {}, {}
+        try:
+            return ({SubnetShape.parse(k): float(v) for k, v in data["metrics"].items()},
+                    {SubnetShape.parse(k): float(v) for k, v in data.get("seconds", {}).items()},
+                    {SubnetShape.parse(k): dict(v) for k, v in data.get("details", {}).items()})
+        except (KeyError, TypeError, AttributeError, ValueError) as err:
+            what = f"no {err.args[0]!r} entry" if isinstance(err, KeyError) and err.args else str(err)
+            raise ValueError(f"evaluation cache {self.cache_path} is malformed ({what}); {fix}") from err
 
     def __call__(self, shapes: Sequence[SubnetShape], progress: Callable[[SubnetShape], None] | None = None) -> np.ndarray:
         """The metrics of ``shapes``. Under ``torchrun`` every process must call this with the same shapes: the
         shapes not known yet are split over the processes and every process gets all the metrics."""
-        if rank_world()[1] > 1:
+        if self.shared is not None:
+            missing = [s for s in dict.fromkeys(shapes) if s not in self.values]
+            if missing:
+                for shape, (value, seconds, details, here) in self.shared.evaluate(missing, self._evaluate).items():
+                    self._store(shape, value, seconds, details)
+                    self.evaluations += here
+                self._save()
+        elif rank_world()[1] > 1:
             missing = [s for s in dict.fromkeys(shapes) if s not in self.values]
             for shape, result in zip(missing, shard_map(lambda part: [self._evaluate(s) for s in part], missing)):
                 self._store(shape, *result)
@@ -75,7 +106,19 @@ class MetricOracle:
             self.details[shape] = details
 
     def _save(self) -> None:
-        if self.cache_path is not None and rank_world()[0] == 0:
+        """Merge this object's evaluations into the cache file: read it again under an exclusive lock on a
+        sidecar file, add what it lacks (and take what another process added), replace it atomically."""
+        if self.cache_path is None or rank_world()[0] != 0:
+            return
+        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+        lock_path = self.cache_path.with_name(self.cache_path.name + ".lock")
+        with open(lock_path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            if self.cache_path.is_file():
+                values, seconds, details = self._cached(self.settings)
+                for shape, value in values.items():
+                    if shape not in self.values:
+                        self._store(shape, value, seconds.get(shape, 0.0), details.get(shape))
             data = {"settings": self.settings, "metrics": {str(k): v for k, v in sorted(self.values.items())},
                     "seconds": {str(k): round(v, 3) for k, v in sorted(self.seconds.items())}}
             if self.details:

@@ -165,11 +165,18 @@ def save_predictor(predictor: Predictor, path: str | Path, **extra) -> None:
 
 def load_predictor(path: str | Path) -> tuple[Predictor, dict]:
     """Return the predictor stored at ``path`` and the rest of the file (report, provenance)."""
-    data = json.loads(Path(path).read_text())
+    from amoeba_search.jsonfile import read_json
+
+    fix = "delete it (amoeba-search fits a new one) or pass another --predictor"
+    data = read_json(path, what="predictor file", fix=fix)
     if data.get("schema_version") != SCHEMA_VERSION or data.get("kind") not in PREDICTORS:
-        raise ValueError(f"{path} is not an amoeba-search predictor file (schema {SCHEMA_VERSION})")
-    predictor = PREDICTORS[data["kind"]](SearchSpace.from_dict(data["space"]))
-    predictor.shapes = [SubnetShape.parse(row["shape"]) for row in data["train"]]
-    predictor.metrics = [row["metric"] for row in data["train"]]
-    predictor._load(data["params"])
+        raise ValueError(f"{path} is not an amoeba-search predictor file (schema {SCHEMA_VERSION}); {fix}")
+    try:
+        predictor = PREDICTORS[data["kind"]](SearchSpace.from_dict(data["space"]))
+        predictor.shapes = [SubnetShape.parse(row["shape"]) for row in data["train"]]
+        predictor.metrics = [float(row["metric"]) for row in data["train"]]
+        predictor._load(data["params"])
+    except (KeyError, TypeError, AttributeError, ValueError) as err:
+        what = f"no {err.args[0]!r} entry" if isinstance(err, KeyError) and err.args else str(err)
+        raise ValueError(f"predictor file {path} is malformed ({what}); {fix}") from err
     return predictor, data

@@ -63,6 +63,10 @@ class DPCheckpoint:
             state = json.loads(self.path.read_text())
         except json.JSONDecodeError as err:
             raise ValueError(f"checkpoint {self.path} is damaged ({err}); remove it to start over") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"checkpoint {self.path} is damaged (not UTF-8 text); remove it to start over") from None
+        if not isinstance(state, dict):
+            raise ValueError(f"checkpoint {self.path} is damaged (not a JSON object); remove it to start over")
         if state.get("format") != CHECKPOINT_FORMAT or state.get("key") != self.key:
             raise ValueError(f"checkpoint {self.path} was made with other settings or another model; "
                              "remove it, or run without --resume to start over")

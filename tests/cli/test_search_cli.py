@@ -100,9 +100,9 @@ def test_search_bad_input_is_one_line(setup, tmp_path, capsys, case, message):
                           {d: list(v) for d, v in DEPTH_LAYERS.items()}).save(other)
         args[args.index("--strategy") + 1] = str(other)
     elif case == "flow":
-        from amoeba_search.profiling.model_source import model_fingerprint
+        from amoeba_search.profiling.model_source import table_fingerprint
         from transformers import AutoConfig
-        table = _write_table(tmp_path / "t.csv", model_fingerprint(str(model_dir), AutoConfig.from_pretrained(model_dir)))
+        table = _write_table(tmp_path / "t.csv", table_fingerprint(str(model_dir), AutoConfig.from_pretrained(model_dir)))
         args.remove("--roofline")
         del args[args.index("--device"):args.index("--device") + 2]
         args += ["--table", str(table), "--flow", "ort"]
@@ -126,7 +126,9 @@ def test_memory_budget_keeps_the_front_within_it(setup, tmp_path, capsys):
     from transformers import AutoConfig
     from amoeba_search.shapes import SubnetShape
     config = AutoConfig.from_pretrained(setup[0])
-    need = {r["shape"]: memory_footprint_bytes(config, SubnetShape.parse(r["shape"]), dtype="fp32") / 2**20
+    assert free["settings"]["dtype"] == "fp16"  # --roofline on a GPU: the flow's dtype, not fp32
+    assert free["settings"]["latency_source"].startswith("estimate: roofline (a5000 spec sheet, fp16) + torch")
+    need = {r["shape"]: memory_footprint_bytes(config, SubnetShape.parse(r["shape"]), dtype="fp16") / 2**20
             for r in free["front"]}
     budget = sorted(need.values())[len(need) // 2]  # half the unconstrained front no longer fits
     assert search_cli.main(_args(setup, tmp_path / "out2", "--json", "--memory-budget-mb", str(budget))) == 0

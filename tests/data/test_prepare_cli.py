@@ -11,6 +11,6 @@ def test_prepare_describes_a_file(tmp_path, capsys):
 
 
 def test_prepare_unknown_corpus_is_one_line(capsys):
-    assert main(["austin"]) == 1
+    assert main(["austin"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Did you mean 'austen'" in err and "Traceback" not in err

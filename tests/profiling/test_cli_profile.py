@@ -45,11 +45,11 @@ def test_profile_then_resume_with_json_summary(env, capsys):
     code, out, err = run(capsys, *args)
     assert code == 0, err
     summary = json.loads(out)
-    table_path = env / "profiles" / "cpu" / "fake-p8-c12-t1.csv"
+    table_path = env / "profiles" / "tiny" / "cpu" / "fake-p8-c12-t1.csv"
     assert summary["out"] == str(table_path) and summary["measured_now"] == summary["planned"]
     assert summary["evaluation"]["holdout_rows"] == 3
-    assert (env / "profiles" / "cpu" / "fake-p8-c12-t1.eval.json").exists()
-    assert json.loads((env / "profiles" / "cpu" / "device.json").read_text())["provenance"] == "measured"
+    assert (env / "profiles" / "tiny" / "cpu" / "fake-p8-c12-t1.eval.json").exists()
+    assert json.loads((env / "profiles" / "tiny" / "cpu" / "device.json").read_text())["provenance"] == "measured"
     assert len(LatencyTable.load(table_path)) == summary["planned"]
     code, out, err = run(capsys, *args)
     assert code == 2 and "--resume" in err and len(err.strip().splitlines()) == 1

@@ -6,7 +6,7 @@ import torch
 
 from amoeba_search.profiling.flows.base import FlowUnavailable, MeasureSettings
 from amoeba_search.profiling.flows.torch_flow import TorchFlow
-from amoeba_search.profiling.model_source import build_random_checkpoint, load_model_source, model_fingerprint
+from amoeba_search.profiling.model_source import build_random_checkpoint, load_model_source, table_fingerprint
 from amoeba_search.profiling.roofline import param_counts
 from amoeba_search.shapes import SubnetShape
 from tests.conftest import tiny_config
@@ -36,7 +36,7 @@ def test_random_checkpoint_has_the_cut_shape(config_path, tmp_path):
 
 def test_model_source_fingerprint_and_errors(config_path, tmp_path):
     source = load_model_source(str(config_path))
-    assert source.name == "tiny" and source.fingerprint() == model_fingerprint("tiny", source.config)
+    assert source.name == "tiny" and source.fingerprint() == table_fingerprint("tiny", source.config)
     assert "-L6-" in source.fingerprint()
     with pytest.raises(ValueError, match="does not exist|cannot read model"):
         load_model_source(str(tmp_path / "nowhere"))

@@ -24,6 +24,7 @@ class _Handle:
     device: str
     rss_before_load: int | None
     vocab_size: int
+    cuda_before_load: int = 0  # bytes other models (an interleaved reference shape) already held on the GPU
 
 
 class TorchFlow:
@@ -93,13 +94,15 @@ class TorchFlow:
             torch.set_num_threads(settings.threads)
         gc.collect()
         rss_before = rss_bytes()
+        cuda_before = torch.cuda.memory_allocated(device) if device.startswith("cuda") else 0
         torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[settings.dtype]
         model = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch_dtype,
                                                      attn_implementation=self.attn_implementation)
         model = model.to(device).eval()
         if self.compile:
             model.forward = torch.compile(model.forward, mode=self.compile_mode, dynamic=True)
-        return _Handle(model=model, device=device, rss_before_load=rss_before, vocab_size=model.config.vocab_size)
+        return _Handle(model=model, device=device, rss_before_load=rss_before, vocab_size=model.config.vocab_size,
+                       cuda_before_load=cuda_before)
 
     def _sync(self, handle: _Handle) -> None:
         if handle.device.startswith("cuda"):
@@ -168,7 +171,7 @@ class TorchFlow:
                                  "warmup_passes": self.warmup, "device": handle.device,
                                  "threads": torch.get_num_threads() if handle.device == "cpu" else None}
         if handle.device.startswith("cuda"):
-            peak = torch.cuda.max_memory_allocated(handle.device)
+            peak = torch.cuda.max_memory_allocated(handle.device) - handle.cuda_before_load
             extra["memory_kind"] = "cuda-max-allocated"
         else:
             peak = peak_growth(handle.rss_before_load, peak_reset)

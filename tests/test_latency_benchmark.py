@@ -1,0 +1,92 @@
+"""benchmarks/latency_predictor.py --smoke (the drift-cancelled study) end to end with fake flows: exact latencies,
+so ratios, ratio x reference and a flow-to-flow transfer must all be exact; results land only in --out-dir."""
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from amoeba_search.profiling import flows
+from tests.profiling import fakes
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bench():
+    return importlib.import_module("benchmarks.latency_predictor")
+
+
+def smoke_dims():
+    import tempfile
+
+    from amoeba_search.profiling.model_source import load_model_source
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return load_model_source(bench().smoke_model(Path(tmp) / "m")).dims
+
+
+class SmokeFake(fakes.FakeFlow):
+    name = "fake"
+
+    def __init__(self):
+        super().__init__(smoke_dims(), windows=False)
+
+
+class SlowSmokeFake(SmokeFake):
+    """The same latencies, twice as slow: a transfer from ``fake`` with one anchor is exact."""
+
+    name = "slowfake"
+
+    def measure(self, handle, settings):
+        m = super().measure(handle, settings)
+        m.prefill_ms = [2 * v for v in m.prefill_ms]
+        m.decode_ms_per_token = [2 * v for v in m.decode_ms_per_token]
+        return m
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("AMOEBA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(flows.FLOWS, "fake", "tests.test_latency_benchmark:SmokeFake")
+    monkeypatch.setitem(flows.FLOWS, "slowfake", "tests.test_latency_benchmark:SlowSmokeFake")
+    profiles = tmp_path / "profiles"
+    (profiles / "smollm2-135m" / "cpu").mkdir(parents=True)  # "another machine's" table of the fake flow
+    shutil.copy(ROOT / "profiles" / "smollm2-135m" / "cpu" / "torch.csv", profiles / "smollm2-135m" / "cpu" / "fake.csv")
+    return tmp_path
+
+
+def test_smoke_run_scores_ratios_transfers_and_resumes(env, capsys):
+    out = env / "out"
+    (out).mkdir()
+    (out / "latency.json").write_text(json.dumps({"flows": {"torch": {"kept": True}}}))
+    argv = ["--smoke", "--flows", "fake,slowfake", "--out-dir", str(out), "--profiles", str(env / "profiles")]
+    assert bench().main(argv) == 0
+    results = json.loads((out / "latency.json").read_text())
+    assert results["flows"] == {"torch": {"kept": True}}  # the file's other content stays
+    section = results["drift_cancelled"]
+    fake = section["flows"]["fake-p16-c20-t1"]
+    assert fake["machine"]["table"] == fake["machine"]["holdout_table"] and fake["machine"]["slug"]
+    assert fake["machine"]["transfer_source"] == "AMD EPYC (2 cores)"
+    assert len(fake["holdout_shapes"]) == 2 and fake["reference_shape"] == "d30-f1-h1"
+    assert fake["ratio_accuracy_on_holdout"]["decode"]["within_10pct"] == 1.0
+    for metric in ("decode", "prefill", "e2e"):
+        assert fake["absolute_accuracy_on_holdout_ratio_x_reference_now"][metric]["max_ape_pct"] < 0.5
+    assert fake["cost"]["design_rows"] == 32 and fake["cost"]["full_grid"] == 240
+    assert set(fake["transfer_from_committed"]) >= {"k1", "k3", "k5"}
+    assert fake["targets_met"]["ratio_decode"] and fake["targets_met"]["absolute_e2e"]
+    pair = section["cross_flow_transfer"]["fake-p16-c20-t1->slowfake-p16-c20-t1"]
+    assert pair["k1"]["decode"]["max_ape_pct"] < 0.5 and pair["target_met_decode_k_le_5"]
+    table = out / "latency-{}-fake-p16-c20-t1-interleaved.csv".format(fake["machine"]["slug"])
+    rows = len(table.read_text().splitlines())
+    # a second run resumes the tables: nothing is measured again
+    assert bench().main(argv) == 0
+    assert len(table.read_text().splitlines()) == rows
+    assert "fake-p16-c20-t1 on" in capsys.readouterr().out
+
+
+def test_smoke_never_writes_into_the_results_folder(capsys):
+    assert bench().main(["--smoke", "--out-dir", str(ROOT / "benchmarks" / "results" / "x")]) == 2
+    assert not (ROOT / "benchmarks" / "results" / "x").exists()

@@ -1,0 +1,67 @@
+"""The README quotes only what committed files hold: each figure below is read from its file, written the way
+the README writes it, and must appear in the README verbatim. A rerun that moves a number fails here until the
+README follows the file."""
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+README = (ROOT / "README.md").read_text()
+
+
+def _load(name: str) -> dict:
+    path = RESULTS / name if not name.startswith("profiles/") else ROOT / name
+    return json.loads(path.read_text())
+
+
+def _row(values) -> str:
+    return " | ".join(f"{v:.1f}" for v in values)
+
+
+def _curve_row(step: str):
+    def text(d):
+        point = d["curve"][step]
+        return (f"| {step} | {_row(point['wiki'].values())} | {point['mean_log_ppl']['wiki']:.3f} | "
+                f"{point['mean_log_ppl']['austen']:.3f} |")
+    return text
+
+
+def _scale_step(name: str):
+    def text(d):
+        step = d["steps"][name]
+        return f"| {name} | exit {step['exit']} | {step['wall_s']:.0f} s | {step['peak_rss_gib']:.1f} GiB |"
+    return text
+
+
+def _frontier_cell(target: str, arm: str):
+    def text(d):
+        cell = d["cells"][target][arm]
+        if not cell.get("shape"):
+            return "does not fit"
+        return f"{cell['shape']} {cell['ppl']['wiki']:.1f} / {cell['ppl']['austen']:.1f} / {100 * cell['mean_acc']:.1f}%"
+    return text
+
+
+CLAIMS = [
+    ("default-adapter.json", _curve_row("0")),
+    ("default-adapter.json", _curve_row("1000")),
+    ("default-adapter.json", lambda d: f"({d['trainable_parameters']:,} adapter weights)"),
+    ("demo.json", lambda d: f"It chose {d['best']}: held-out wiki perplexity {d['explanation']['metric']:.1f}"),
+    ("demo.json", lambda d: f"{d['wall_s']:.0f} s on an Intel Xeon (2 cores) with {d['real_metric_evaluations']} real"),
+    ("profiles/smollm2-135m/predictor-ppl-wiki.json",
+     lambda d: f"on {d['report']['train_shapes']} evaluated shapes, held-out Spearman {d['report']['holdout_spearman']:.3f}"),
+    ("precision.json", lambda d: f"{d['dp']['speedup']:.2f}x the evaluations/s"),
+    ("precision.json", lambda d: f"{d['finetune']['speedup']:.2f}x the speed"),
+    ("precision.json", lambda d: f"at most {100 * d['ppl']['max_abs_relative_difference']:.2f}% apart"),
+    ("scale-1b.json", lambda d: f"({d['model']['parameters']:,} parameters"),
+    ("scale-1b.json", lambda d: f"Total {d['total_wall_s']:.0f} s"),
+    *[("scale-1b.json", _scale_step(name)) for name in ("select", "finetune", "profile-torch", "search", "export")],
+]
+
+
+@pytest.mark.parametrize("source,figure", CLAIMS, ids=[f"{c[0]}-{i}" for i, c in enumerate(CLAIMS)])
+def test_readme_quotes_the_result_file(source, figure):
+    text = figure(_load(source))
+    assert text in " ".join(README.split()), f"README does not say {text!r} (from {source})"
