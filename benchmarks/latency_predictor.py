@@ -125,28 +125,38 @@ def _max(series):
     return round(float(series.max()), 3) if len(series) else None
 
 
-def run_flow(name, args, spec, machine, source):
-    from amoeba_search.profiling import model_slug
+def _flow_settings(name, args, spec, machine):
+    """The flow, its measure settings and the table-name suffix amoeba-profile gives such a table; or
+    (None, why, None) when the flow cannot run here."""
     from amoeba_search.profiling.flows import FlowUnavailable, get_flow
     from amoeba_search.profiling.flows.base import MeasureSettings
-    from amoeba_search.profiling.lut import METHODS, LatencyTable, LatencyTableError
-    from amoeba_search.profiling.profiler import PlannedShape, ProfileRequest, random_holdout
-    from amoeba_search.profiling.roofline import weight_bytes_per_token
-    from amoeba_search.shapes import SearchSpace, SubnetShape
 
     try:
         flow = get_flow(name)
     except FlowUnavailable as exc:
-        return name, {"skipped": str(exc)}
+        return None, str(exc), None
     reason = flow.unavailable_reason()
     if reason:
-        return name, {"skipped": reason}
+        return None, reason, None
     threads = (args.threads or machine.cpu_cores) if spec.backend == "cpu" else None
     settings = MeasureSettings(prompt_len=args.prompt_len, decode_tokens=args.context_len - args.prompt_len,
                                repeats=args.repeats, threads=threads)
     suffix = "" if (args.prompt_len, args.context_len) == (128, 160) else f"-p{args.prompt_len}-c{args.context_len}"
     if args.threads and threads != machine.cpu_cores:
-        suffix += f"-t{threads}"  # the same file name amoeba-profile gives such a table
+        suffix += f"-t{threads}"
+    return flow, settings, suffix
+
+
+def run_flow(name, args, spec, machine, source):
+    from amoeba_search.profiling import model_slug
+    from amoeba_search.profiling.lut import METHODS, LatencyTable, LatencyTableError
+    from amoeba_search.profiling.profiler import PlannedShape, ProfileRequest, random_holdout
+    from amoeba_search.profiling.roofline import weight_bytes_per_token
+    from amoeba_search.shapes import SearchSpace, SubnetShape
+
+    flow, settings, suffix = _flow_settings(name, args, spec, machine)
+    if flow is None:
+        return name, {"skipped": settings}
     table_path = args.table or args.profiles / model_slug(source.name) / spec.name / f"{name}{suffix}.csv"
     quiet = {"max_other_load": args.max_other_load, "max_attempts": args.max_attempts, "wait_idle_s": args.wait_idle,
              "passes": args.passes, "max_rounds": args.max_rounds}
@@ -205,7 +215,7 @@ def run_flow(name, args, spec, machine, source):
         "table": str(table_path.relative_to(ROOT)) if table_path.is_relative_to(ROOT) else str(table_path),
         "holdout_table": str(holdout_path.relative_to(ROOT)) if holdout_path.is_relative_to(ROOT) else str(holdout_path),
         "settings": {"prompt_len": args.prompt_len, "context_len": args.context_len, "decode_tokens": table.decode_tokens,
-                     "repeats": args.repeats, "threads": threads, "dtype": settings.dtype},
+                     "repeats": args.repeats, "threads": settings.threads, "dtype": settings.dtype},
         "measurements_in_table": len(table), "full_grid": len(space),
         "measured_fraction_of_grid": round(len(table) / len(space), 3),
         "profiling_time_s": round(float(table.rows["elapsed_s"].fillna(0).sum()), 1),
@@ -381,25 +391,13 @@ def _transfer_met(transfer: dict, metric: str = "decode") -> bool:
 
 def drift_flow(name, args, spec, machine, source, csv_dir: Path, ks):
     from amoeba_search.profiling import model_slug
-    from amoeba_search.profiling.flows import FlowUnavailable, get_flow
-    from amoeba_search.profiling.flows.base import MeasureSettings
     from amoeba_search.profiling.lut import LatencyTable, LatencyTableError
     from amoeba_search.profiling.profiler import PlannedShape, ProfileRequest, random_holdout
     from amoeba_search.shapes import SearchSpace, SubnetShape
 
-    try:
-        flow = get_flow(name)
-    except FlowUnavailable as exc:
-        return name, {"skipped": str(exc)}
-    reason = flow.unavailable_reason()
-    if reason:
-        return name, {"skipped": reason}
-    threads = (args.threads or machine.cpu_cores) if spec.backend == "cpu" else None
-    settings = MeasureSettings(prompt_len=args.prompt_len, decode_tokens=args.context_len - args.prompt_len,
-                               repeats=args.repeats, threads=threads)
-    suffix = "" if (args.prompt_len, args.context_len) == (128, 160) else f"-p{args.prompt_len}-c{args.context_len}"
-    if args.threads and threads != machine.cpu_cores:
-        suffix += f"-t{threads}"
+    flow, settings, suffix = _flow_settings(name, args, spec, machine)
+    if flow is None:
+        return name, {"skipped": settings}
     slug = machine_slug(machine)
     stem = f"latency-{slug}-{name}{suffix}-interleaved"
     table_path, holdout_path = csv_dir / f"{stem}.csv", csv_dir / f"{stem}-holdout.csv"
@@ -469,7 +467,7 @@ def drift_flow(name, args, spec, machine, source, csv_dir: Path, ks):
         "table": _rel(table_path), "holdout_table": _rel(holdout_path), "holdout_shapes": list(truth.index),
         "reference_shape": str(reference),
         "settings": {"prompt_len": args.prompt_len, "context_len": args.context_len,
-                     "decode_tokens": int(table.decode_tokens), "repeats": args.repeats, "threads": threads,
+                     "decode_tokens": int(table.decode_tokens), "repeats": args.repeats, "threads": settings.threads,
                      "dtype": settings.dtype, "max_rounds": args.max_rounds, "passes": args.passes,
                      "reference_reload": args.reference_reload, "table_holdout": args.table_holdout,
                      "n_holdout": args.n_holdout, "seed": args.seed, "anchors": ks, "smoke": args.smoke,

@@ -62,20 +62,11 @@ def one_line(err: BaseException) -> str:
 
 # -- argparse types: bad numbers and paths are refused at the edge, before anything is loaded ------------------
 
-def positive_int(text: str) -> int:
-    """An integer >= 1 (a count, a size, a number of steps)."""
-    value = _int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    """An integer >= 0."""
-    value = _int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
 
 
 def finite_float(text: str) -> float:
@@ -89,28 +80,21 @@ def finite_float(text: str) -> float:
     return value
 
 
-def positive_float(text: str) -> float:
-    """A finite number > 0."""
-    value = finite_float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
+def _checked(parse: Callable[[str], float], ok: Callable[[float], bool], rule: str) -> Callable[[str], float]:
+    """An argparse type: ``parse`` the text, then refuse values that are not ``ok`` with ``rule`` in the message."""
+    def check(text: str):
+        value = parse(text)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{rule}, got {text}")
+        return value
+    return check
 
 
-def non_negative_float(text: str) -> float:
-    """A finite number >= 0."""
-    value = finite_float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
-
-
-def unit_float(text: str) -> float:
-    """A number in [0, 1]."""
-    value = finite_float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
+positive_int = _checked(_int, lambda v: v >= 1, "must be a positive integer")          # a count, a size, steps
+non_negative_int = _checked(_int, lambda v: v >= 0, "must be 0 or more")
+positive_float = _checked(finite_float, lambda v: v > 0, "must be a positive number")
+non_negative_float = _checked(finite_float, lambda v: v >= 0, "must be 0 or more")
+unit_float = _checked(finite_float, lambda v: 0 <= v <= 1, "must be between 0 and 1")
 
 
 def file_path(text: str) -> Path:
@@ -131,13 +115,6 @@ def layer_list(text: str) -> list[int]:
     if not layers or any(i < 0 for i in layers):
         raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated layer indices >= 0, e.g. 0,2,4,5")
     return layers
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
 
 
 class ArgumentParser(argparse.ArgumentParser):
