@@ -312,13 +312,23 @@ def summarize(results: dict, arms) -> dict:
     cost["amoeba"] = results.get("one_for_all", {}).get("train_elapsed_s")
     runs = {arm: len({cells[arm]["shape"] for cells in results["cells"].values() if cells.get(arm, {}).get("shape")})
             for arm in baselines}
+    # per arm of ours and per baseline: the targets where ours has the lower held-out perplexity on both corpora
+    head_to_head = {}
+    for ours in ("amoeba", "amoeba-shipped"):
+        for base in baselines:
+            pairs = [(cells[ours], cells[base]) for cells in results["cells"].values()
+                     if cells.get(ours, {}).get("ppl") and cells.get(base, {}).get("ppl")]
+            head_to_head[f"{ours} vs {base}"] = {
+                "targets": len(pairs),
+                "wins_both_corpora": sum(all(a["ppl"][c] < b["ppl"][c] for c in CORPORA) for a, b in pairs),
+                "wins_wiki": sum(a["ppl"]["wiki"] < b["ppl"]["wiki"] for a, b in pairs)}
     steps = results["settings"]["steps"]
     # machine-independent cost: subnet forward+backward passes (the one-for-all run trains 4 subnets a step)
     passes = {**{arm: runs[arm] * steps for arm in baselines}, "amoeba": 4 * steps}
     return {"amoeba_beats_every_baseline": wins,
             "all_targets_won": bool(wins) and all(all(v.values()) for v in wins.values()),
             "fine_tuning_seconds": cost, "fine_tuning_runs": {**runs, "amoeba": 1},
-            "fine_tuning_subnet_passes": passes}
+            "fine_tuning_subnet_passes": passes, "head_to_head": head_to_head}
 
 
 def cell_text(cell: dict) -> str:
