@@ -44,6 +44,9 @@ def _frontier_cell(target: str, arm: str):
     return text
 
 
+FRONTIER_TARGETS = list(_load("frontier.json")["cells"])
+FRONTIER_ARMS = ("amoeba", "amoeba-dagger", "shortgpt", "flap", "amoeba-shipped")
+
 CLAIMS = [
     ("default-adapter.json", _curve_row("0")),
     ("default-adapter.json", _curve_row("1000")),
@@ -58,6 +61,13 @@ CLAIMS = [
     ("scale-1b.json", lambda d: f"({d['model']['parameters']:,} parameters"),
     ("scale-1b.json", lambda d: f"Total {d['total_wall_s']:.0f} s"),
     *[("scale-1b.json", _scale_step(name)) for name in ("select", "finetune", "profile-torch", "search", "export")],
+    *[("frontier.json", _frontier_cell(target, arm)) for target in FRONTIER_TARGETS for arm in FRONTIER_ARMS],
+    ("frontier.json", lambda d: f"beats FLAP at all {d['summary']['head_to_head']['amoeba vs flap']['wins_both_corpora']}"
+                                " targets"),
+    ("frontier.json", lambda d: "beats ShortGPT on wiki at "
+                                f"{d['summary']['head_to_head']['amoeba vs shortgpt']['wins_wiki']} of "
+                                f"{d['summary']['head_to_head']['amoeba vs shortgpt']['targets']}"),
+    ("frontier.json", lambda d: f"for the whole family, {d['summary']['fine_tuning_subnet_passes']['amoeba']} passes"),
 ]
 
 
