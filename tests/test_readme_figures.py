@@ -44,6 +44,14 @@ def _frontier_cell(target: str, arm: str):
     return text
 
 
+def _search_row(i: int):
+    def text(d):
+        b = d["budgets"][i]
+        return (f"| {b['budget_ms']} | {b['hv_ratio_predicted']:.3f} | {b['hv_ratio_real']:.3f} | "
+                f"{b['real_evaluations']}")
+    return text
+
+
 FRONTIER_TARGETS = list(_load("frontier.json")["cells"])
 FRONTIER_ARMS = ("amoeba", "amoeba-dagger", "shortgpt", "flap", "amoeba-shipped")
 
@@ -68,6 +76,11 @@ CLAIMS = [
                                 f"{d['summary']['head_to_head']['amoeba vs shortgpt']['wins_wiki']} of "
                                 f"{d['summary']['head_to_head']['amoeba vs shortgpt']['targets']}"),
     ("frontier.json", lambda d: f"for the whole family, {d['summary']['fine_tuning_subnet_passes']['amoeba']} passes"),
+    *[("search.json", _search_row(i)) for i in range(5)],
+    ("search.json", lambda d: f"held-out Spearman {d['predictor_holdout_spearman']:.3f}) against the exhaustive front"),
+    ("search.json", lambda d: f"{d['finetuned_vs_raw']['finetuned_exhaustive_front_best']['19.1']:.1f} against "
+                              f"{d['finetuned_vs_raw']['raw_exhaustive_front_best']['19.1']:.1f} at 19.1 ms"),
+    ("search.json", lambda d: f"({d['finetuned_vs_raw']['levels_where_finetuned_is_worse']} levels worse)"),
 ]
 
 
