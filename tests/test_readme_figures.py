@@ -64,6 +64,8 @@ CLAIMS = [
     ("profiles/smollm2-135m/predictor-ppl-wiki.json",
      lambda d: f"on {d['report']['train_shapes']} evaluated shapes, held-out Spearman {d['report']['holdout_spearman']:.3f}"),
     ("precision.json", lambda d: f"{d['dp']['speedup']:.2f}x the evaluations/s"),
+    ("precision.json", lambda d: f"| {d['eval']['fp32']['tokens_per_s']:.0f} | {d['eval']['bf16']['tokens_per_s']:.0f} | "
+                                 f"{d['eval']['speedup']:.2f}x |"),
     ("precision.json", lambda d: f"{d['finetune']['speedup']:.2f}x the speed"),
     ("precision.json", lambda d: f"at most {100 * d['ppl']['max_abs_relative_difference']:.2f}% apart"),
     ("scale-1b.json", lambda d: f"({d['model']['parameters']:,} parameters"),
