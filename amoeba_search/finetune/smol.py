@@ -299,6 +299,10 @@ class SMoLAdapter(nn.Module):
         save_file(tensors, str(directory / ADAPTER_WEIGHTS), metadata={"format": "pt"})
         (directory / ADAPTER_CONFIG).write_text(json.dumps({**self.describe(), **(extra or {})}, indent=2))
 
+    def is_finite(self) -> bool:
+        """Whether every weight of the adapter is finite (no NaN or inf)."""
+        return all(bool(torch.isfinite(p).all()) for p in self.state_dict().values() if p.is_floating_point())
+
     @classmethod
     def load(cls, directory: str | Path, supernet: Supernet) -> "SMoLAdapter":
         """Read an adapter for ``supernet``; refuse one made for another model or channel order.

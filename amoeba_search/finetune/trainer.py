@@ -104,6 +104,7 @@ class Trainer:
         self.run_info["dtype"] = str(weight.dtype).removeprefix("torch.")
         self.optimizer = torch.optim.AdamW(adapter.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.step = 0
+        self.resumed_after_skipping: list[str] = []  # checkpoints a resume had to skip (unreadable, non-finite)
         self._tokens_done = 0
 
     # -- public --------------------------------------------------------------------------------------
@@ -209,8 +210,7 @@ class Trainer:
             self._check_same_run(read_json(run_file, what="run file", fix="resume with the same --out or start "
                                                                          "another run"))
         if last is not None:
-            self.load_checkpoint(last)
-            logger.info("resuming %s from %s (step %d)", self.out, last.name, self.step)
+            self._resume_from_newest_good()
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(run_file, json.dumps(self.run_info, indent=2, default=str) + "\n")
@@ -230,6 +230,9 @@ class Trainer:
     def save_checkpoint(self) -> Path | None:
         """Adapter, optimizer state, step and RNG state, written atomically (rank 0); keeps the newest few."""
         path = self.out / "checkpoints" / f"step-{self.step:07d}"
+        if not self.adapter.is_finite():  # never save what cannot be resumed from or exported
+            raise TrainingDiverged(f"the adapter's weights are not finite at step {self.step}; nothing was saved. "
+                                   "Lower --lr and resume from the last checkpoint")
         if self.rank == 0:
             with atomic_dir(path, overwrite=True) as tmp:
                 self.adapter.write_into(tmp, extra={"step": self.step})
@@ -242,6 +245,27 @@ class Trainer:
                 shutil.rmtree(old, ignore_errors=True)
         barrier()
         return path
+
+    def _resume_from_newest_good(self) -> None:
+        """Load the newest checkpoint that reads back whole and finite; a truncated or non-finite one (a crash
+        mid-write on another file system, a diverged run saved by an older version) is skipped with a warning."""
+        bad = []
+        for path in sorted((self.out / "checkpoints").glob("step-*"), reverse=True):
+            try:
+                self.load_checkpoint(path)
+            except Exception as err:  # noqa: BLE001 - any unreadable checkpoint: fall back to the one before
+                bad.append(f"{path.name} ({type(err).__name__})")
+                logger.warning("checkpoint %s is unreadable (%s); trying the one before", path, err)
+                continue
+            if not self.adapter.is_finite():
+                bad.append(f"{path.name} (non-finite weights)")
+                logger.warning("checkpoint %s holds non-finite adapter weights; trying the one before", path)
+                continue
+            self.resumed_after_skipping = bad
+            logger.info("resuming %s from %s (step %d)", self.out, path.name, self.step)
+            return
+        raise TrainingDiverged(f"no usable checkpoint in {self.out / 'checkpoints'} (skipped: {', '.join(bad)}); "
+                               "start a new run with another --out")
 
     def load_checkpoint(self, path: Path) -> None:
         state = json.loads((path / "trainer_state.json").read_text())

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
 from safetensors.torch import save_file
 
 from amoeba_search import __version__
@@ -40,6 +41,10 @@ def export_subnet(supernet: Supernet, shape: SubnetShape, out_dir: str | Path, *
         setattr(config, flag, True)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         state = {name: tensor.cpu() for name, tensor in supernet.subnet_state_dict().items()}
+        broken = [name for name, tensor in state.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+        if broken:  # a diverged adapter merged in: refuse before anything lands at out_dir
+            raise ValueError(f"the subnet's weights hold NaN or inf ({len(broken)} tensors, e.g. {broken[0]}); "
+                             "nothing was written: re-train the adapter with a lower --lr or export without it")
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         del state
         config.save_pretrained(tmp)

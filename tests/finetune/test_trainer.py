@@ -135,3 +135,34 @@ def test_two_process_gloo_run_matches_one_process_with_the_same_global_batch(tmp
     for row_a, row_b in zip(a, b):
         assert row_a["loss_largest"] == pytest.approx(row_b["loss_largest"], rel=1e-4)
         assert row_a["loss_smallest"] == pytest.approx(row_b["loss_smallest"], rel=1e-4)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "non-finite"])
+def test_resume_falls_back_past_a_damaged_latest_checkpoint(tmp_path, damage, caplog):
+    from safetensors.torch import save_file
+
+    out = tmp_path / "run"
+    _trainer(out, steps=4, checkpoint_every=2).run()
+    newest = out / "checkpoints" / "step-0000004" / "adapter.safetensors"
+    if damage == "truncated":
+        newest.write_bytes(newest.read_bytes()[:100])
+    else:
+        tensors = load_file(str(newest))
+        name = next(iter(tensors))
+        tensors[name] = torch.full_like(tensors[name], float("nan"))
+        save_file(tensors, str(newest))
+    resumed = _trainer(out, steps=6, checkpoint_every=2)
+    with caplog.at_level("WARNING"):
+        resumed.run(resume=True)
+    assert resumed.resumed_after_skipping and resumed.resumed_after_skipping[0].startswith("step-0000004")
+    assert [r["step"] for r in read_log(out)] == list(range(1, 7))  # steps 3-4 were trained again from step 2
+    assert resumed.adapter.is_finite()
+
+
+def test_a_non_finite_adapter_is_never_saved(tmp_path):
+    trainer = _trainer(tmp_path / "run", steps=2, checkpoint_every=2)
+    with torch.no_grad():
+        next(trainer.adapter.parameters()).fill_(float("inf"))
+    with pytest.raises(TrainingDiverged, match="not finite"):
+        trainer.save_checkpoint()
+    assert not (tmp_path / "run" / "checkpoints").exists()
