@@ -97,6 +97,18 @@ non_negative_float = _checked(finite_float, lambda v: v >= 0, "must be 0 or more
 unit_float = _checked(finite_float, lambda v: 0 <= v <= 1, "must be between 0 and 1")
 
 
+def check_writable(path: Path) -> None:
+    """Refuse an output path that cannot be written, before any compute: its nearest existing ancestor must be
+    a writable directory."""
+    ancestor = Path(path).absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise NotADirectoryError(f"cannot write {path}: {ancestor} is a file, not a directory; choose another --out")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write {path}: {ancestor} is not writable; choose another --out")
+
+
 def file_path(text: str) -> Path:
     """A path that names a file (it may not exist yet), never a directory."""
     path = Path(text)

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from amoeba_search.cli._common import ArgumentParser, add_artefact_arguments, artefacts_of, emit_json, run
+from amoeba_search.cli._common import ArgumentParser, check_writable, add_artefact_arguments, artefacts_of, emit_json, run
 from amoeba_search.compute import DTYPE_CHOICES
 from amoeba_search.quality import DEFAULT_FLOOR
 
@@ -55,6 +55,7 @@ def main(argv=None) -> int:
         shape = SubnetShape.parse(args.shape)
         if args.out.exists() and not args.overwrite:
             raise FileExistsError(f"{args.out} already exists; choose another --out or pass --overwrite")
+        check_writable(args.out)
         check_gguf_type(args.gguf)
         floor = parse_floor(args.max_metric)
         device = parse_device(args.device)

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from amoeba_search.cli._common import (ArgumentParser, file_path, non_negative_float, non_negative_int, positive_float, positive_int,
+from amoeba_search.cli._common import (ArgumentParser, check_writable, file_path, non_negative_float, non_negative_int, positive_float, positive_int,
                                        run)
 
 PROG = "amoeba-profile"
@@ -223,6 +223,7 @@ def _run(args) -> int:
                   f"or use --max-other-load/--wait-idle, or --threads 1", file=sys.stderr)
     out = args.out or _default_out(args.profiles, args, flow_name, source.name,
                                    machine.cpu_cores if spec.backend == "cpu" else None)
+    check_writable(out)
     request = ProfileRequest(device=spec, machine=machine, flow_name=flow_name, source=source, out=out,
                              settings=settings, flow_options={"compile": True} if args.compile else {}, plan=plan,
                              holdout=args.holdout, seed=args.seed, resume=args.resume, overwrite=args.overwrite,

@@ -5,7 +5,7 @@ import argparse
 import shlex
 from pathlib import Path
 
-from amoeba_search.cli._common import (ArgumentParser, add_compute_arguments, compute_line, compute_of, emit_json, file_path,
+from amoeba_search.cli._common import (ArgumentParser, check_writable, add_compute_arguments, compute_line, compute_of, emit_json, file_path,
                                        load_options, non_negative_int, positive_int, run)
 from amoeba_search.cli._dry_run import add_dry_run_arguments
 
@@ -92,6 +92,7 @@ def main(argv=None) -> int:
             raise ValueError("--out is required: the strategy JSON to write (or pass --dry-run for the plan)")
         if args.out.exists() and not args.overwrite:
             raise FileExistsError(f"{args.out} already exists; choose another --out or pass --overwrite")
+        check_writable(args.out)
         settings = SelectionSettings(method=args.method, metric=args.metric, calib=args.calib, split=args.split,
                                      samples=args.samples, seq_len=args.seq_len, min_depth=args.min_depth,
                                      keep_last=args.keep_last, beam=args.beam, width_metric=args.width_metric,

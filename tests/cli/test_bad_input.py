@@ -151,6 +151,12 @@ CASES = [
                                                 "--out", str(c.out)], "is a directory"),
     ("eval-out-dir", eval_cli, lambda c: ["--tasks", "ppl:wiki", "--out", c.folder("results")], "is a directory"),
     ("select-out-dir", select_cli, lambda c: ["--out", c.folder("strategies")], "is a directory"),
+    # an output under a file: refused before the model is loaded, not after the compute
+    ("select-out-under-a-file", select_cli, lambda c: ["--out", str(Path(c.write("plain.txt", "x")) / "s.json")],
+     "is a file, not a directory"),
+    ("export-out-under-a-file", export_cli, lambda c: ["--shape", "d30-f1-h1", "--no-adapter", "--out",
+                                                       str(Path(c.write("plain.txt", "x")) / "export")],
+     "is a file, not a directory"),
     ("profile-out-dir", profile_cli, lambda c: ["--out", c.folder("tables")], "is a directory"),
     ("export-strategy-dir", export_cli, lambda c: ["--shape", "d6-f1-h1", "--strategy", c.folder("s"),
                                                    "--out", str(c.out)], "is a directory"),
