@@ -340,7 +340,11 @@ def main(argv: list[str] | None = None) -> int:
         except (FlowUnavailable, DeviceMismatchError) as exc:  # user-fixable: one line, exit 2
             raise AmoebaError(str(exc)) from None
         except KeyboardInterrupt:
-            print(f"{PROG}: interrupted; the rows measured so far are kept, --resume continues", file=sys.stderr)
+            if args.overwrite:
+                print(f"{PROG}: interrupted; the old table is unchanged (the new rows are in the .new.csv beside it, "
+                      "and --overwrite starts again)", file=sys.stderr)
+            else:
+                print(f"{PROG}: interrupted; the rows measured so far are kept, --resume continues", file=sys.stderr)
             return 130
 
     return run(PROG, body)

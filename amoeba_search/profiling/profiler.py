@@ -7,6 +7,7 @@ that depth really is linear; a few random held-out shapes score the predictor.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -394,6 +395,23 @@ def _checkpoint_dtype(request: ProfileRequest) -> str:
     return request.settings.dtype if request.settings.dtype in ("fp32", "bf16", "fp16") else "fp32"
 
 
+def _overwrite_when_complete(request: ProfileRequest, flow: Flow, **kwargs) -> ProfileSummary:
+    """``--overwrite``: measure the new table beside the old one (``<name>.new.csv``) and replace the old table
+    only when the new one is complete; an interrupt leaves the old table as it was."""
+    staged = request.out.with_name(request.out.stem + ".new.csv")
+    staged.unlink(missing_ok=True)
+    eval_path(staged).unlink(missing_ok=True)
+    summary = run_profile(dataclasses.replace(request, out=staged, overwrite=False, resume=False), flow, **kwargs)
+    if eval_path(staged).exists():
+        os.replace(eval_path(staged), eval_path(request.out))
+        summary.eval_path = eval_path(request.out)
+    else:
+        eval_path(request.out).unlink(missing_ok=True)  # the old evaluation described the old table
+    os.replace(staged, request.out)
+    summary.out = request.out
+    return summary
+
+
 def run_profile(request: ProfileRequest, flow: Flow, *,
                 on_start: Callable[[list[PlannedShape], int], None] | None = None,
                 on_row: Callable[[dict], None] | None = None,
@@ -402,6 +420,8 @@ def run_profile(request: ProfileRequest, flow: Flow, *,
 
     ``power_source``: a telemetry source to use instead of the device's own (tests pass a fake).
     """
+    if request.overwrite and request.out.exists() and request.out.stat().st_size:
+        return _overwrite_when_complete(request, flow, on_start=on_start, on_row=on_row, power_source=power_source)
     started = time.perf_counter()
     if request.settings.decode_tokens < 1:
         raise ValueError("context length must exceed the prompt length by at least one decode token")

@@ -140,3 +140,15 @@ def test_passes_measure_each_shape_again_and_resume_counts_rows(source, tmp_path
     assert summary.planned == 6 and summary.skipped == 4 and flow.measure_calls == 2
     counts = LatencyTable.load(out).rows["shape"].value_counts()
     assert set(counts) == {2}
+
+
+def test_an_interrupted_overwrite_keeps_the_old_table(source, tmp_path):
+    out = tmp_path / "fake.csv"
+    run_profile(request_for(source, out), FakeFlow(source.dims))
+    before = out.read_bytes()
+    with pytest.raises(KeyboardInterrupt):
+        run_profile(request_for(source, out, overwrite=True), FakeFlow(source.dims, fail_after=3))
+    assert out.read_bytes() == before  # the old table is replaced only by a complete new one
+    summary = run_profile(request_for(source, out, overwrite=True), FakeFlow(source.dims))
+    assert summary.out == out and len(LatencyTable.load(out)) == summary.planned
+    assert sorted(p.name for p in tmp_path.iterdir() if ".new" in p.name) == []
