@@ -57,13 +57,14 @@ def open_storage(where: str | os.PathLike | BaseStorage | None) -> BaseStorage |
 
 def _rdb_storage(url: str, attempts: int = 3) -> BaseStorage:
     """``RDBStorage(url)``; workers that start together on an empty database all create its tables and all but
-    one fail with an integrity error: those try again, finding the tables made."""
-    from sqlalchemy.exc import IntegrityError
+    one fail (an integrity error, or "table ... already exists" from SQLite and PostgreSQL): those try again,
+    finding the tables made."""
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
     for attempt in range(attempts):
         try:
             return optuna.storages.RDBStorage(url)
-        except IntegrityError:
+        except (IntegrityError, OperationalError, ProgrammingError):
             if attempt == attempts - 1:
                 raise
             time.sleep(0.5 * (attempt + 1))
