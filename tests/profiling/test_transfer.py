@@ -9,7 +9,6 @@ from amoeba_search.profiling.transfer import (Correction, choose_anchors, fit_co
                                               transfer_rows)
 from amoeba_search.shapes import SubnetShape
 from tests.conftest import tiny_config
-from tests.profiling import fakes
 from tests.profiling.fakes import FakeFlow, additive_latency, table_row
 
 FFN = (0.5, 0.75, 1.0)
@@ -133,19 +132,11 @@ def test_anchors_must_be_source_shapes(tmp_path):
         transfer_rows(source, {SubnetShape(4, 1.0, 1.0): {"decode": 1.0, "prefill": 1.0}}, key=b_key())
 
 
-def test_cli_transfers_a_table_to_another_flow(tmp_path, monkeypatch, capsys):
+def test_cli_transfers_a_table_to_another_flow(env, monkeypatch, capsys):
     """amoeba-profile --transfer: a table of flow "fake", another flow twice as slow, one anchor."""
     from amoeba_search.cli.profile import main
-    from amoeba_search.profiling import devices as devices_mod
     from amoeba_search.profiling import flows
-    import amoeba_search.profiling.machine as machine_mod
-    tiny_config().save_pretrained(tmp_path / "tiny")
-    monkeypatch.setenv("AMOEBA_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(devices_mod, "measure_memory_bandwidth",
-                        lambda: {"read_gbs": 20.0, "copy_gbs": 15.0, "method": "fake"})
-    monkeypatch.setattr(devices_mod, "measure_matmul_tflops", lambda: {"fp32": 0.1})
-    monkeypatch.setattr(machine_mod, "detect_machine", lambda: fakes.machine())
-    monkeypatch.setitem(flows.FLOWS, "fake", "tests.profiling.test_cli_profile:TinyFakeFlow")
+    tmp_path = env
     monkeypatch.setitem(flows.FLOWS, "slowfake", "tests.profiling.test_transfer:SlowFakeFlow")
     common = ["--device", "cpu", "--model", str(tmp_path / "tiny" / "config.json"), "--threads", "1", "--json"]
     source_path = tmp_path / "a.csv"
