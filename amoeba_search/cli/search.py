@@ -168,10 +168,6 @@ def main(argv=None) -> int:
             predictor_name = f"predictor-task-{objective}-{items}.json"
             args.out.mkdir(parents=True, exist_ok=True)
         predictor = predictor_path(args.model, predictor_name, space, oracle, given=args.predictor, out=args.out)
-        if predictor.is_file():  # a bad file is one clear line before the study's storage is created
-            from amoeba_search.search.predictors import load_predictor
-
-            load_predictor(predictor)
         if verify == "none":
             measure, why = None, "skipped (--verify none)"
         elif args.roofline:

@@ -229,6 +229,8 @@ def run_job(space: SearchSpace, oracle: MetricOracle, latency_fn: Callable[[Subn
     verification, and together run ``trials`` trials. The study is ``study_name`` plus the predictor's
     identity (a digest of its predictions over the space): another predictor never resumes a stale study.
     """
+    if predictor_path is not None and Path(predictor_path).is_file():
+        load_predictor(predictor_path)  # a bad file is one clear error before the storage (a journal file) exists
     store = open_storage(storage)
     # under torchrun the processes split the evaluations among themselves (distributed.shard_map)
     shared = store is not None and rank_world()[1] == 1 and getattr(oracle, "shared", False) is None
