@@ -53,6 +53,7 @@ bench: prepare
 	$(BIN)/python benchmarks/latency_predictor.py --flows torch,ort,openvino,llamacpp --threads 2 --max-other-load 0.3 --wait-idle 120
 	$(BIN)/python benchmarks/eval_tasks.py
 	$(BIN)/python benchmarks/search.py
+	$(BIN)/python benchmarks/search_workers.py
 	$(BIN)/python benchmarks/finetune.py
 	$(BIN)/python benchmarks/default_adapter.py
 	$(BIN)/python benchmarks/demo.py

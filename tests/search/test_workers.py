@@ -1,14 +1,9 @@
 """Search workers that share the work: two processes on one storage (a journal file, then a real PostgreSQL
 server) split the real evaluations with no duplicates, lose none, and together run the trials asked for."""
-import glob
 import json
 import multiprocessing as mp
 import os
-import pwd
-import shutil
-import socket
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -18,6 +13,7 @@ import pytest
 from amoeba_search.search.oracle import MetricOracle, design_sample
 from amoeba_search.search.storage import SharedEvaluations, evaluations_study_name, open_storage
 from amoeba_search.shapes import SubnetShape
+from tests.postgres_server import PostgresServer, PostgresStartError, PostgresUnavailable
 from tests.search.test_search import SPACE, latency, metric
 
 SETTINGS = {"metric": "synthetic", "workers": "test"}
@@ -151,56 +147,20 @@ def test_the_cache_file_merges_entries_of_other_processes(tmp_path):
 
 # -- a real PostgreSQL server --------------------------------------------------------------------------
 
-def _postgres_bin() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if found:
-        return Path(found[-1]).parent
-    initdb = shutil.which("initdb")
-    return None if initdb is None else Path(initdb).resolve().parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def postgres_url():
-    """A PostgreSQL server of our own in a temporary directory (as the postgres user when we are root); its URL."""
-    bin_dir = _postgres_bin()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL server binaries (initdb) are not installed: apt-get install -y postgresql")
-    pytest.importorskip("psycopg2", reason="psycopg2 is not installed: pip install psycopg2-binary")
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        try:
-            pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and there is no postgres user to run the server (it refuses root)")
-        if shutil.which("runuser") is None:
-            pytest.skip("running as root without runuser to start the server as the postgres user")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    root = Path(tempfile.mkdtemp(prefix="amoeba-pg-"))  # not tmp_path: the postgres user must reach it
-    data = root / "data"
-    if as_user:
-        shutil.chown(root, "postgres")
-    port = _free_port()
-    run = lambda *cmd: subprocess.run([*as_user, *map(str, cmd)], check=True, capture_output=True, text=True)  # noqa: E731
+    """A PostgreSQL server of our own in a temporary directory (tests/postgres_server.py); its URL."""
+    server = PostgresServer()
     try:
-        run(bin_dir / "initdb", "-D", data, "-A", "trust", "-U", "postgres", "--no-sync")
-        run(bin_dir / "pg_ctl", "-D", data, "-l", root / "log", "-w", "-t", "60", "-o",
-            f"-k {root} -p {port} -h 127.0.0.1 -c fsync=off", "start")
-    except subprocess.CalledProcessError as err:
-        shutil.rmtree(root, ignore_errors=True)
-        pytest.fail(f"could not start PostgreSQL: {err.stderr or err.stdout}")
+        server.start()
+    except PostgresUnavailable as why:
+        pytest.skip(str(why))
+    except PostgresStartError as err:
+        pytest.fail(str(err))
     try:
-        run(bin_dir / "createdb", "-h", "127.0.0.1", "-p", port, "-U", "postgres", "amoeba")
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/amoeba"
+        yield server.create_database("amoeba")
     finally:
-        subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-w", "-m", "fast", "stop"],
-                       capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+        server.stop()
 
 
 def test_two_workers_share_a_postgresql_storage(postgres_url, tmp_path):
