@@ -1,8 +1,9 @@
-"""What every command shares: one-line errors instead of tracebacks, and JSON output."""
+"""What every command shares: one-line errors instead of tracebacks, ``-v/--verbose`` logging, and JSON output."""
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import signal
@@ -131,10 +132,61 @@ def layer_list(text: str) -> list[int]:
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with its errors on one line (``prog: error: ...; see prog --help``) and exit status 2, like
-    every other user error of the commands (argparse itself prints the usage block first)."""
+    every other user error of the commands (argparse itself prints the usage block first).
+
+    Every command gets ``-v/--verbose`` here, and parsing configures logging from it (``configure_logging``),
+    so no command has to."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_argument("-v", "--verbose", action="count", default=0,
+                          help="show the library's progress on stderr: -v its milestones (INFO), -vv details "
+                               "(DEBUG); default: warnings only")
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        configure_logging(getattr(namespace, "verbose", 0))
+        return namespace, extras
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
+LOG_NAMESPACE = "amoeba_search"
+LOG_FORMAT = "%(name)s: %(message)s"
+
+
+class _StderrHandler(logging.StreamHandler):
+    """A ``StreamHandler`` writing to whatever ``sys.stderr`` is at the time of each record, so a command run
+    in-process (tests, notebooks) writes where stderr goes now, not where it went when logging was set up."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ and setStream assign it; stderr is always looked up
+        pass
+
+
+def configure_logging(verbose: int = 0) -> None:
+    """Show the ``amoeba_search`` loggers' records on stderr as ``amoeba_search.selection.depth_dp: message``:
+    warnings and errors by default, INFO with ``verbose=1``, DEBUG with 2 or more.
+
+    Only the ``amoeba_search`` logger is touched (one handler, replaced on every call; records still propagate
+    to the root logger's handlers, if an application set any); other libraries' loggers are left alone."""
+    level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    package = logging.getLogger(LOG_NAMESPACE)
+    for old in [h for h in package.handlers if isinstance(h, _StderrHandler)]:
+        package.removeHandler(old)
+    handler = _StderrHandler()
+    handler.setLevel(level)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    package.addHandler(handler)
+    package.setLevel(logging.NOTSET if verbose <= 0 else level)  # quiet: the root's level (WARNING) decides
 
 
 def emit_json(data) -> None:

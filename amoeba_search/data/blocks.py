@@ -19,7 +19,7 @@ from amoeba_search.data.sources import Source, load_documents, source_fingerprin
 from amoeba_search.data.splits import DEFAULT_FRACTIONS, SPLITS, check_fractions, split_documents
 from amoeba_search.paths import atomic_file, cache_dir
 
-_log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1  # bump when the way blocks are built changes
 
@@ -78,7 +78,7 @@ def _load_cached(path) -> torch.Tensor | None:
     try:
         return load_file(path)["blocks"].long()
     except (SafetensorError, KeyError) as err:  # e.g. a file truncated by a crash or a full disk
-        _log.warning("token-block cache %s is damaged (%s); rebuilding it", path, err)
+        logger.warning("token-block cache %s is damaged (%s); rebuilding it", path, err)
         path.unlink(missing_ok=True)
         return None
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -30,6 +31,8 @@ from amoeba_search.errors import MissingDependency, UnknownNameError
 from amoeba_search.evaluation.local_tasks import (CALIB_SUFFIX, TASK_PREFIX, MCItem, check_row, file_sha256,
                                                   random_baseline, tasks_dir, write_lm_eval_yaml, write_task_file)
 from amoeba_search.paths import atomic_write_text
+
+logger = logging.getLogger(__name__)
 
 BIGBENCH_VERSION = "1.0.0"
 TASKS_ROOT = "bigbench/benchmark_tasks"
@@ -211,7 +214,9 @@ def prepare_tasks(names: list[str] | None = None, *, sdist: str | Path | None = 
     manifest = load_manifest(directory)
     todo = [n for n in names if force or not _is_prepared(n, manifest, directory)]
     if not todo:
+        logger.debug("BIG-bench tasks already prepared in %s: %s", directory, ", ".join(names))
         return manifest
+    logger.info("preparing %d BIG-bench tasks in %s: %s", len(todo), directory, ", ".join(todo))
     with bigbench_files(sdist) as read:
         for name in todo:
             spec = TASKS[name]

@@ -30,6 +30,8 @@ SCHEMA_VERSION = 1
 PPL_PREFIX = "ppl:"
 DEFAULT_PPL_SOURCES = ("wiki", "austen", "lee")
 
+logger = logging.getLogger(__name__)
+
 
 class TaskUnavailable(AmoebaError):
     """A known lm-eval task whose data set cannot be had here (no hub access)."""
@@ -231,16 +233,23 @@ def evaluate_tasks(model, tokenizer=None, tasks: str | Sequence[str] = (), *, li
         raise ValueError("batch_size, ppl_blocks must be >= 1 and ppl_seq_len >= 2")
     requests = resolve_tasks(tasks, task_dir=task_dir)
     hf_model, tokenizer, facts = _unwrap(model, tokenizer, shape, layers)
+    logger.info("evaluating %s (shape %s) on %d tasks: %s", facts["model"], facts["shape"], len(requests),
+                ", ".join(r.name for r in requests))
     started = time.perf_counter()
     results: dict[str, dict] = {}
     harness = [r for r in requests if r.kind != "ppl"]
     if harness:
         results.update(_run_harness(hf_model, tokenizer, harness, limit=limit, batch_size=batch_size,
                                     bootstrap_iters=bootstrap_iters))
+        logger.info("lm-eval done: %d tasks, %.1f s", len(harness), time.perf_counter() - started)
     for request in requests:
         if request.kind == "ppl":
+            task_start = time.perf_counter()
             results[request.name] = _run_perplexity(hf_model, tokenizer, request.source, seq_len=ppl_seq_len,
                                                     blocks=ppl_blocks, batch_size=batch_size)
+            logger.info("%s: perplexity %.4g over %d tokens, %.1f s", request.name,
+                        results[request.name]["metrics"]["ppl"], results[request.name]["metrics"]["tokens"],
+                        time.perf_counter() - task_start)
     return {
         "schema_version": SCHEMA_VERSION,
         "kind": "eval",

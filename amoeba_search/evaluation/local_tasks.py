@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Iterable, NamedTuple, Sequence
 
@@ -23,6 +24,8 @@ from amoeba_search.paths import cache_dir
 TASK_PREFIX = "amoeba_"
 CALIB_SUFFIX = "_calib"
 CONFIG_VERSION = 1  # bump when the generated lm-eval config changes meaning
+
+logger = logging.getLogger(__name__)
 
 
 class MCItem(NamedTuple):
@@ -89,6 +92,7 @@ def read_task_file(path: str | Path) -> list[MCItem]:
             raise TaskFileError(f"{path}: row {line_no + 1}: not UTF-8 text; convert the file to UTF-8") from None
     if not items:
         raise TaskFileError(f"{path}: no rows; a task file needs at least one item")
+    logger.debug("read %d multiple-choice items from %s", len(items), path)
     return items
 
 
@@ -104,6 +108,7 @@ def write_task_file(path: str | Path, items: Iterable[Sequence]) -> Path:
     if not rows:
         raise ValueError("no items to write")
     atomic_write_text(path, "\n".join(rows) + "\n")
+    logger.info("wrote %d multiple-choice items to %s", len(rows), path)
     return Path(path)
 
 

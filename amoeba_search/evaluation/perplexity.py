@@ -1,12 +1,16 @@
 """Batched, windowed perplexity over token blocks, for the supernet view and exported models alike."""
 from __future__ import annotations
 
+import logging
 import math
+import time
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ def perplexity(model, blocks: torch.Tensor, *, batch_size: int = 8, score_from: 
         else score_from
     positions = torch.arange(1, length)  # target positions
     total, count = 0.0, 0
+    started = time.perf_counter()
     device = _device_of(model)
     for lo in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, unit="batch"):
         batch = blocks[lo:lo + batch_size].to(device)
@@ -59,6 +64,8 @@ def perplexity(model, blocks: torch.Tensor, *, batch_size: int = 8, score_from: 
         total += nll[mask.to(device)].double().sum().item()
         count += int(mask.sum())
     mean = total / count
+    logger.debug("perplexity %.4g over %d tokens (%d blocks of %d), %.2f s", math.exp(mean), count, n, length,
+                 time.perf_counter() - started)
     return Perplexity(ppl=math.exp(mean), nll=mean, tokens=count)
 
 

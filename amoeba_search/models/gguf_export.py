@@ -19,7 +19,7 @@ import torch
 
 from amoeba_search.paths import atomic_file
 
-_log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 # model_type -> llama.cpp architecture. Mistral is written as "llama", as the converter does.
 _ARCHS = {"llama": gguf.MODEL_ARCH.LLAMA, "mistral": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2}
@@ -170,7 +170,7 @@ def _quantize(array: np.ndarray, gguf_name: str, dtype: str) -> tuple[np.ndarray
     try:
         return gguf.quants.quantize(array, qtype), qtype
     except gguf.QuantError as err:
-        _log.info("%s: %s, falling back to F16", gguf_name, err)
+        logger.info("%s: %s, falling back to F16", gguf_name, err)
         return gguf.quants.quantize(array, gguf.GGMLQuantizationType.F16), gguf.GGMLQuantizationType.F16
 
 

@@ -78,12 +78,12 @@ def _run_python(llama_cpp, src: Path, out: Path, key: str) -> None:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
     # llama-cpp-python prints llama.cpp's log lines at or above its logger's level; keep quantizing quiet.
-    logger = logging.getLogger("llama-cpp-python")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    llama_logger = logging.getLogger("llama-cpp-python")
+    level = llama_logger.level
+    llama_logger.setLevel(logging.ERROR)
     try:
         status = llama_cpp.llama_model_quantize(os.fsencode(src), os.fsencode(out), ctypes.byref(params))
     finally:
-        logger.setLevel(level)
+        llama_logger.setLevel(level)
     if status != 0:
         raise RuntimeError(f"llama_model_quantize to {key} failed (status {status}); see llama.cpp's log")

@@ -20,7 +20,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from amoeba_search.models.config import check_supported
 from amoeba_search.paths import atomic_dir, cache_dir
 
-_log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -105,7 +105,7 @@ def _cached_config(spec: str):
     try:
         return AutoConfig.from_pretrained(cached)
     except (OSError, ValueError) as err:
-        _log.warning("cannot read the cached config in %s (%s); reading the GGUF file instead", cached, err)
+        logger.warning("cannot read the cached config in %s (%s); reading the GGUF file instead", cached, err)
         return None
 
 
@@ -145,7 +145,7 @@ def load_model(spec: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32,
         problem = _cache_problem(cached)
         if problem is not None:
             if cached.exists():
-                _log.warning("the cached model in %s is incomplete (%s); rebuilding it from %s", cached, problem, where)
+                logger.warning("the cached model in %s is incomplete (%s); rebuilding it from %s", cached, problem, where)
             model, tokenizer = _load_gguf(where, dtype=torch.float32)
             with atomic_dir(cached, overwrite=True) as tmp:
                 model.save_pretrained(tmp)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from typing import Iterable
 from amoeba_search.errors import AmoebaError
 from amoeba_search.paths import atomic_write_text, portable_path
 from amoeba_search.profiling.machine import MachineInfo, measure_matmul_tflops, measure_memory_bandwidth
+
+logger = logging.getLogger(__name__)
 
 KINDS = ("cpu", "nvidia-gpu", "jetson")
 
@@ -238,7 +241,9 @@ def measured_cpu_spec(base: DeviceSpec, machine: MachineInfo, *, refresh: bool =
     if path.exists() and not refresh:
         try:
             data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, json.JSONDecodeError) as err:
+            logger.warning("the cached CPU measurements in %s are unreadable (%s); %s", path, err,
+                           "measuring again" if measure else "ignoring them")
             data = None
     if data is None and not measure:
         return dataclasses.replace(base, description=f"{machine.cpu_model}, {machine.cpu_cores} cores "

@@ -16,7 +16,7 @@ from pathlib import Path
 from amoeba_search.models.config import check_supported, subnet_config
 from amoeba_search.shapes import ModelDims, SubnetShape
 
-_log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 DTYPES = ("fp32", "bf16", "fp16")
 
@@ -118,7 +118,7 @@ def save_tokenizer(source: ModelSource, out_dir: Path) -> bool:
         from transformers import AutoTokenizer
 
         if cached.exists():
-            _log.warning("the cached tokenizer in %s is incomplete (%s); rebuilding it", cached, problem)
+            logger.warning("the cached tokenizer in %s is incomplete (%s); rebuilding it", cached, problem)
         where, gguf_file = source.tokenizer_from
         kwargs = {"gguf_file": gguf_file} if gguf_file else {}
         try:

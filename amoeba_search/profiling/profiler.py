@@ -31,7 +31,7 @@ from amoeba_search.profiling.model_source import ModelSource, build_random_check
 from amoeba_search.profiling.telemetry import PowerSampler, TelemetryUnavailable, open_power_source
 from amoeba_search.shapes import SearchSpace, SubnetShape
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PlannedShape:
@@ -346,7 +346,7 @@ def _effective_reference(request: ProfileRequest, done: Counter) -> SubnetShape 
         return request.reference
     have = LatencyTable.load(request.out).rows["reference_shape"].dropna()
     if have.empty:
-        log.warning("%s was measured without a reference shape; continuing it with absolute timings only",
+        logger.warning("%s was measured without a reference shape; continuing it with absolute timings only",
                     request.out)
         return None
     if have.iloc[0] != str(request.reference):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import random
 import time
 from pathlib import Path
@@ -23,6 +24,8 @@ import numpy as np
 from amoeba_search.distributed import rank_world, shard_map
 from amoeba_search.paths import atomic_write_text
 from amoeba_search.shapes import SearchSpace, SubnetShape
+
+logger = logging.getLogger(__name__)
 
 
 class MetricOracle:
@@ -47,16 +50,24 @@ class MetricOracle:
 
     def _read_cache(self, settings: dict[str, Any]) -> None:
         """The evaluations cached with the same settings; a broken cache file is a one-line ``ValueError``."""
-        values, seconds, details = self._cached(settings)
+        values, seconds, details = self._cached(settings, warn=True)
         self.values, self.seconds, self.details = values, seconds, details
+        if values:
+            logger.info("evaluation cache %s: %d shapes already evaluated", self.cache_path, len(values))
 
-    def _cached(self, settings: dict[str, Any]) -> tuple[dict, dict, dict]:
-        """(metrics, seconds, details) in the cache file under ``settings``; empty for other settings."""
+    def _cached(self, settings: dict[str, Any], *, warn: bool = False) -> tuple[dict, dict, dict]:
+        """(metrics, seconds, details) in the cache file under ``settings``; empty for other settings (which
+        ``warn`` reports: the next write replaces them)."""
         from amoeba_search.jsonfile import read_json
 
         fix = "delete it to evaluate again, or choose another --out"
         data = read_json(self.cache_path, what="evaluation cache", fix=fix)
         if data.get("settings") != settings:
+            if warn:
+                entries = data.get("metrics")
+                logger.warning("evaluation cache %s was made with other settings (model, strategy, adapter or data); "
+                               "its %d entries are ignored and will be replaced", self.cache_path,
+                               len(entries) if isinstance(entries, dict) else 0)
             return {}, {}, {}
         try:
             return ({SubnetShape.parse(k): float(v) for k, v in data["metrics"].items()},
@@ -69,6 +80,10 @@ class MetricOracle:
     def __call__(self, shapes: Sequence[SubnetShape], progress: Callable[[SubnetShape], None] | None = None) -> np.ndarray:
         """The metrics of ``shapes``. Under ``torchrun`` every process must call this with the same shapes: the
         shapes not known yet are split over the processes and every process gets all the metrics."""
+        if logger.isEnabledFor(logging.DEBUG) and len(shapes):
+            distinct = list(dict.fromkeys(shapes))
+            hits = sum(s in self.values for s in distinct)
+            logger.debug("evaluation cache: %d hits, %d misses of %d shapes", hits, len(distinct) - hits, len(distinct))
         if self.shared is not None:
             missing = [s for s in dict.fromkeys(shapes) if s not in self.values]
             if missing:
@@ -98,6 +113,7 @@ class MetricOracle:
         result = self.evaluate_one(shape)
         seconds = time.perf_counter() - start
         result, details = result if isinstance(result, tuple) else (result, None)
+        logger.debug("evaluated %s: metric %.4g, %.2f s", shape, float(result), seconds)
         return float(result), seconds, details
 
     def _store(self, shape: SubnetShape, value: float, seconds: float, details: dict | None) -> None:

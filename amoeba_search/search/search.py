@@ -15,6 +15,7 @@ caller's ``study_attrs`` as user attributes.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -27,6 +28,8 @@ from amoeba_search.shapes import SearchSpace, SubnetShape
 
 ObjectiveFn = Callable[[Sequence[SubnetShape]], np.ndarray]
 METHODS = ("hierarchical", "nsga2", "exhaustive")
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -118,9 +121,12 @@ def _optimize(objectives: _Objectives, space: SearchSpace, depths, budget_ms: fl
                                 sampler=sampler, load_if_exists=True)
     describe_study(study, metric_names, study_attrs)
     complete = (optuna.trial.TrialState.COMPLETE,)
-    for frozen in study.get_trials(states=complete):
+    stored = study.get_trials(states=complete)
+    for frozen in stored:
         point = _frozen_point(frozen)
         objectives.seen.setdefault(point.shape, point)
+    if stored:
+        logger.info("study %s resumed with %d of %d trials complete", study_name, len(stored), trials)
     live = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
 
     def objective(trial: optuna.Trial):
@@ -220,13 +226,13 @@ def search(space: SearchSpace, metric_fn: ObjectiveFn, latency_fn: ObjectiveFn, 
     described = {"metric_names": list(metric_names), "study_attrs": {**(study_attrs or {}), "method": method}}
     if method == "exhaustive":
         points = objectives(list(space))
-        return SearchResult(points, budget_ms, method, len(points), memory_budget_mb=mem)
+        return _done(SearchResult(points, budget_ms, method, len(points), memory_budget_mb=mem))
     if method == "nsga2":
         sampler = optuna.samplers.NSGAIISampler(seed=seed,
                                                 population_size=max(8, min(50, trials // 6)))
         used = _optimize(objectives, space, space.depths, budget_ms, trials, storage=storage,
                          study_name=study_name, sampler=sampler, memory_budget_mb=mem, **described)
-        return SearchResult(list(objectives.seen.values()), budget_ms, method, used, memory_budget_mb=mem)
+        return _done(SearchResult(list(objectives.seen.values()), budget_ms, method, used, memory_budget_mb=mem))
     # Hierarchical. Coarse: every depth at its narrowest and widest, which bounds what the depth can reach.
     extremes = [SubnetShape(d, f, h) for d in space.depths
                 for f, h in ((space.ffn_ratios[0], space.heads_ratios[0]), (space.ffn_ratios[-1], space.heads_ratios[-1]))]
@@ -234,8 +240,12 @@ def search(space: SearchSpace, metric_fn: ObjectiveFn, latency_fn: ObjectiveFn, 
     _record_stage(storage, f"{study_name}-coarse", coarse, space, budget_ms, mem, "coarse", once=True, **described)
     # Any point under the latency budget counts here: a narrower width may still fit the memory budget.
     feasible = [p for p in coarse if p.latency_ms <= budget_ms]
+    logger.info("coarse stage done: %d shapes (every depth at its extreme widths), %d within the budget",
+                len(coarse), len(feasible))
     if not feasible:
-        return SearchResult(list(objectives.seen.values()), budget_ms, method, len(coarse), memory_budget_mb=mem)
+        logger.info("no coarse shape is within the budget: the search stops after the coarse stage")
+        return _done(SearchResult(list(objectives.seen.values()), budget_ms, method, len(coarse),
+                                  memory_budget_mb=mem))
     keep = top_depths or max(3, len(space.depths) // 3)
     best_per_depth: dict[int, float] = {}
     for p in feasible:
@@ -250,12 +260,21 @@ def search(space: SearchSpace, metric_fn: ObjectiveFn, latency_fn: ObjectiveFn, 
     used = _optimize(objectives, space, depths, budget_ms, max(1, trials - len(coarse)), storage=storage,
                      study_name=f"{study_name}-widths-{'-'.join(map(str, depths))}", sampler=sampler,
                      memory_budget_mb=mem, **described)
+    logger.info("width stage done: %d trials over depths %s, %d shapes seen so far", used,
+                ",".join(map(str, depths)), len(objectives.seen))
     _load_stage(storage, f"{study_name}-refine", objectives)  # a resumed search: the refinement stored before
     refined = _refine_front(objectives, space, budget_ms, mem)
     _record_stage(storage, f"{study_name}-refine", [objectives.seen[s] for s in refined], space, budget_ms, mem,
                   "refine", **described)
-    return SearchResult(list(objectives.seen.values()), budget_ms, method, len(coarse) + used + len(refined),
-                        memory_budget_mb=mem)
+    logger.info("refinement stage done: %d neighbours of the front evaluated", len(refined))
+    return _done(SearchResult(list(objectives.seen.values()), budget_ms, method, len(coarse) + used + len(refined),
+                              memory_budget_mb=mem))
+
+
+def _done(result: SearchResult) -> SearchResult:
+    logger.info("%s search done: %d trials, %d shapes seen, %d on the feasible front (budget %g)", result.method,
+                result.trials, len(result.points), len(result.front), result.budget_ms)
+    return result
 
 
 def _neighbours(shape: SubnetShape, space: SearchSpace) -> list[SubnetShape]:

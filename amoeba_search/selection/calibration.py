@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ import torch
 from amoeba_search.evaluation.perplexity import token_nll
 
 _HEAD_ROWS = 2  # sequences projected to the vocabulary at once: bounds the (rows, T, V) logits memory
+
+logger = logging.getLogger(__name__)
 
 
 def spread_blocks(blocks: torch.Tensor, count: int) -> torch.Tensor:
@@ -103,6 +106,8 @@ class PerplexityMetric(CalibrationMetric):
         self.blocks = blocks.long()
         self.batch_size = batch_size
         self._batches = list(self.blocks.split(batch_size))
+        logger.debug("perplexity metric: %d blocks of %d tokens in %d batches", self.blocks.shape[0],
+                     self.blocks.shape[1], len(self._batches))
 
     def batches(self) -> list[torch.Tensor]:
         return self._batches
@@ -215,6 +220,8 @@ class MultipleChoiceMetric(CalibrationMetric):
                                   torch.tensor(toks), torch.tensor(owner)))
         self._pairs = [(i, c) for i, c, _, _ in pairs]
         self._lengths = torch.tensor([len(cont) for _, _, _, cont in pairs], dtype=torch.float64)
+        logger.debug("%s metric: %d items, %d (context, choice) pairs in %d batches", self.name, len(self.items),
+                     len(pairs), len(self._batches))
 
     def batches(self):
         return self._batches

@@ -24,7 +24,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,8 @@ from amoeba_search.paths import atomic_write_text
 from amoeba_search.selection.calibration import better
 
 CHECKPOINT_FORMAT = 2  # 2: a row holds a beam of candidates per cell
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -109,12 +113,16 @@ def depth_dp(objective, *, min_depth: int, keep_last: int = 0, beam: int = 1,
     if state is not None:
         start, before = state["rows_done"], state["evaluations"]
         row = [[(tuple(tail), metric) for tail, metric in cell] for cell in state["row"]]
+        logger.info("depth DP resumed from %s: %d of %d rows done, %d networks scored before",
+                    checkpoint.path, start, n_layers, before)
     else:
         start, before = 0, 0
         row = [[((), objective.full())]]                # D[0][0]: nothing above, the full network
     # row[m]: up to ``beam`` candidates (kept layers above the decided one, metric), best first
     bar = tqdm(total=n_layers, initial=start, desc="depth DP rows", unit="row", disable=not progress)
+    began = time.perf_counter()
     for n in range(start + 1, n_layers + 1):
+        row_start = time.perf_counter()
         decided = n_layers - n                          # layer L decided in this row
         reach = min(most, n - keep_last) if n > keep_last else 0
         tails = [tail for m in range(1, reach + 1) for tail, _ in row[m - 1]]
@@ -128,12 +136,17 @@ def depth_dp(objective, *, min_depth: int, keep_last: int = 0, beam: int = 1,
         done = before + objective.evaluations - evaluated0
         if checkpoint is not None:
             checkpoint.save(n, row, done)
+        logger.info("depth DP row %d/%d (layer %d decided): %d networks scored, best metric %.4g at depth %d, %.2f s",
+                    n, n_layers, decided, len(tails), row[-1][0][1], n_layers - (len(row) - 1),
+                    time.perf_counter() - row_start)
         bar.set_postfix(evals=done)
         bar.update(1)
     bar.close()
     depth_layers = {n_layers - m: list(row[m][0][0]) for m in range(len(row))}
     depth_metric = {n_layers - m: row[m][0][1] for m in range(len(row))}
     this_run = objective.evaluations - evaluated0
+    logger.info("depth DP done: depths %d..%d (beam %d), %d networks scored this run, %.1f s",
+                min(depth_layers), n_layers, beam, this_run, time.perf_counter() - began)
     return DepthResult(depth_layers, depth_metric, before + this_run, this_run, start)
 
 

@@ -6,9 +6,12 @@ itself; the tests check that the result equals the model's own forward.
 """
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 
 class LayerRunner:
@@ -28,6 +31,8 @@ class LayerRunner:
         if key not in self._rope:
             position_ids = torch.arange(hidden.shape[1], device=hidden.device)[None]  # (1, T)
             self._rope[key] = (position_ids, self.decoder.rotary_emb(hidden, position_ids))
+            logger.debug("rotary embeddings cached for %d positions (%s on %s)", hidden.shape[1], hidden.dtype,
+                         hidden.device)
         return self._rope[key]
 
     @torch.inference_mode()

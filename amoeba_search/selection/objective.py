@@ -14,7 +14,9 @@ The prefix states come from one full pass over the calibration set that stores t
 """
 from __future__ import annotations
 
+import logging
 import math
+import time
 from typing import Callable, Protocol, Sequence
 
 import torch
@@ -24,6 +26,8 @@ from amoeba_search.selection.layer_runner import LayerRunner
 from amoeba_search.shapes import SubnetShape
 
 CACHE_MODES = ("tree", "row", "none")
+
+logger = logging.getLogger(__name__)
 
 
 class DepthObjective(Protocol):
@@ -112,10 +116,15 @@ class ModelObjective:
 
     def _store_prefix(self) -> None:
         """One full pass: keep the input of every ``stride``-th layer per batch, and score the full network."""
+        started = time.perf_counter()
         n = self.num_layers
         per_layer = (sum(b.numel() for b in self._batches) * self.supernet.dims.hidden_size
                      * next(self.supernet.model.parameters()).element_size())
         self.stride = max(1, math.ceil(n * per_layer / self.memory_limit))
+        if self.stride > 1:
+            logger.info("prefix cache: every layer's input would need %.0f MiB, over the %.0f MiB limit; storing "
+                        "every %d-th layer's and recomputing the rest", n * per_layer / 2 ** 20,
+                        self.memory_limit / 2 ** 20, self.stride)
         stored = {i: [] for i in range(0, n, self.stride)}
         stats = []
         for b, ids in enumerate(self._batches):
@@ -127,6 +136,8 @@ class ModelObjective:
             stats.append(self.runner.score(self.metric, b, hidden))
         self._stored = stored
         self._full = self.metric.finish(stats)
+        logger.debug("prefix pass: %d batches, %d layer inputs stored, full network %.4g, %.1f s",
+                     len(self._batches), len(stored), self._full, time.perf_counter() - started)
 
     def prefix(self, below: int) -> list[torch.Tensor]:
         """Per batch, the hidden state entering layer ``below`` when every lower layer is kept."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ from amoeba_search.selection.strategy import SelectionStrategy
 from amoeba_search.selection.width import WIDTH_METRICS, width_orders
 
 METHODS = ("dp", "shortgpt", "angular", "ppl-rank", "drop-last")
+
+logger = logging.getLogger(__name__)
 
 
 def _choose(kind: str, value: str, known) -> str:
@@ -121,6 +124,8 @@ def select_strategy(supernet, tokenizer, fingerprint: dict, settings: SelectionS
         raise ValueError(f"bias compensation needs channel statistics, which width metric "
                          f"{settings.width_metric!r} does not collect; use width metric flap or activation")
     metric = calibration_metric(settings, tokenizer)
+    logger.info("selecting a strategy: depth by %s on %s (%s), depths %d..%d, width by %s",
+                settings.method, settings.metric, settings.calib, settings.min_depth, n, settings.width_metric)
     t0 = time.perf_counter()
     ffn_orders, head_orders, stats = width_orders(supernet, metric.batches(), settings.width_metric,
                                                   seed=settings.seed, progress=progress)
@@ -129,6 +134,7 @@ def select_strategy(supernet, tokenizer, fingerprint: dict, settings: SelectionS
     objective = ModelObjective(supernet, metric, cache=settings.cache)
     if settings.method == "dp" and rank_world()[1] > 1:
         objective = ShardedObjective(objective)  # torchrun: each process scores its share of every DP row
+        logger.info("depth DP rows are split over %d processes", rank_world()[1])
     t0 = time.perf_counter()
     extra: dict[str, Any] = {}
     if settings.method == "dp":
@@ -156,6 +162,7 @@ def select_strategy(supernet, tokenizer, fingerprint: dict, settings: SelectionS
         metrics = score_layer_sets(objective, layers)
         depth = DepthResult(layers, metrics, objective.evaluations, objective.evaluations)
     t_depth = time.perf_counter() - t0
+    logger.info("depth selection (%s) done: %d networks scored, %.1f s", settings.method, depth.evaluations, t_depth)
 
     calibration = {**settings.to_dict(), **{k: v for k, v in metric.describe().items() if k != "metric"},
                    "higher_is_better": metric.higher_is_better}

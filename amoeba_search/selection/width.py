@@ -25,6 +25,8 @@ adds the same biases at every reduced width (``Supernet.set_channel_means``) and
 """
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -35,6 +37,8 @@ from amoeba_search.selection.calibration import causal_lm
 from amoeba_search.shapes import SubnetShape
 
 WIDTH_METRICS = ("flap", "magnitude", "activation", "random")
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -200,13 +204,19 @@ def orders_from_scores(ffn_scores: Sequence[torch.Tensor], head_scores: Sequence
 def width_orders(supernet, batches: Sequence[torch.Tensor] | None, metric: str = "flap", *, seed: int = 0,
                  progress: bool = False) -> tuple[list[list[int]], list[list[list[int]]], ChannelStats | None]:
     """Collect statistics (when the metric needs them) and return ``(ffn_orders, head_orders, stats)``."""
+    started = time.perf_counter()
     stats = None
     if metric in ("flap", "activation"):
         if not batches:
             raise ValueError(f"width metric {metric!r} needs calibration batches")
         stats = channel_statistics(supernet, batches, progress=progress)
+        logger.debug("channel statistics: %d tokens in %d batches, %.1f s", stats.tokens, len(batches),
+                     time.perf_counter() - started)
     ffn_scores, head_scores = importance_scores(supernet, stats, metric, seed=seed)
     ffn_orders, head_orders = orders_from_scores(ffn_scores, head_scores, supernet.dims)
+    logger.info("width ranking computed: %s over %d layers (%d FFN channels, %d heads each), %.1f s",
+                metric, supernet.dims.num_layers, supernet.dims.ffn_size, supernet.dims.num_heads,
+                time.perf_counter() - started)
     return ffn_orders, head_orders, stats
 
 
