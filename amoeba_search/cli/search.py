@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from amoeba_search.cli._common import (ArgumentParser, add_artefact_arguments, add_compute_arguments, artefacts_of, compute_line,
-                                       compute_of, emit_json, file_path, positive_float, positive_int, run)
+                                       compute_of, emit_json, file_path, positive_float, positive_int, run, unit_float)
 from amoeba_search.cli._dry_run import add_dry_run_arguments
 
 from amoeba_search.quality import DEFAULT_FLOOR
@@ -72,8 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verify", choices=["decisive", "all", "none"], default="decisive",
                         help="front shapes to evaluate and time for real: decisive = the most accurate ones until "
                              "--verify-count are usable and within budget (the choice and its nearest "
-                             "alternatives), all = the whole front (default: %(default)s)")
+                             "alternatives), all = the whole front and the shapes the predictor puts within "
+                             "--verify-band of it, the front then rebuilt from the measured metrics (default: %(default)s)")
     parser.add_argument("--verify-count", type=positive_int, default=4, help="see --verify (default: %(default)s)")
+    parser.add_argument("--verify-band", type=unit_float, default=None, metavar="FRACTION",
+                        help="--verify all: also measure shapes predicted within this relative margin of the front "
+                             "(default: twice the predictor's held-out error, between 0.02 and 0.25)")
     parser.add_argument("--no-verify", action="store_true", help="the same as --verify none")
     parser.add_argument("--export-best", type=Path, help="export the most accurate feasible subnet to this directory")
     parser.add_argument("--out", type=Path, default=Path("out/search"), help="output directory (default: %(default)s)")
@@ -191,7 +195,7 @@ def main(argv=None) -> int:
         job = run_job(space, oracle, costs.cost_fn, budget_ms=budget, cost_unit=unit, source_kind=costs.kind,
                       predictor_path=predictor, method=args.method, trials=args.trials, storage=storage,
                       study_name=f"amoeba-{args.method}-{budget:g}{unit.lower()}-{tag}", seed=args.seed,
-                      verify=verify, verify_count=args.verify_count, max_metric=max_metric,
+                      verify=verify, verify_count=args.verify_count, verify_band=args.verify_band, max_metric=max_metric,
                       measure_latency=measure,
                       layers_for=loaded.layers_for, settings=settings,
                       progress=_progress(not args.json and rank == 0), **memory_kwargs)
@@ -254,14 +258,18 @@ def _explain(why: dict | None, summary: dict, args) -> list[str]:
     budget, unit = _budget(args)
     if why is None:
         return [f"best: none: no usable shape within {budget:g} {unit} (raise the budget or --max-metric)"]
+    cost = "latency_ms" if unit == "ms" else f"energy_{unit.lower()}"
     source = "verified" if why["verified"] else "predicted"
-    lines = [f"best: {why['shape']}: metric {why['metric']:.4g}, {why['latency_ms']:.1f} {unit} ({source}), "
-             f"{why['budget_margin_ms']:.1f} {unit} ({why['budget_margin_pct']:.0f}%) inside the budget"]
+    lines = [f"best: {why['shape']}: metric {why['metric']:.4g}, {why[cost]:.1f} {unit} ({source}), "
+             f"{why[f'budget_margin_{unit.lower()}']:.1f} {unit} ({why['budget_margin_pct']:.0f}%) inside the budget"]
     if "speedup_vs_full" in why:
         lines.append(f"  against the full model {why['full_model']}: {why['speedup_vs_full']:.2f}x faster on the "
                      f"table, metric {why['metric_change_vs_full_pct']:+.1f}%")
+    if "energy_ratio_vs_full" in why:
+        lines.append(f"  against the full model {why['full_model']}: {why['energy_ratio_vs_full']:.2f}x less energy "
+                     f"per token, metric {why['metric_change_vs_full_pct']:+.1f}%")
     for alt in why["alternatives"]:
-        lines.append(f"  alternative: {alt['shape']}: metric {alt['metric']:.4g}, {alt['latency_ms']:.1f} {unit} "
+        lines.append(f"  alternative: {alt['shape']}: metric {alt['metric']:.4g}, {alt[cost]:.1f} {unit} "
                      f"({'verified' if alt['verified'] else 'predicted'})")
     return lines
 

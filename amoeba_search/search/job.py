@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,9 +20,11 @@ from amoeba_search.distributed import from_rank0, rank_world
 from amoeba_search.quality import quality_floor
 from amoeba_search.search.oracle import MetricOracle, design_sample
 from amoeba_search.search.predictors import Predictor, fit_best, load_predictor, save_predictor
-from amoeba_search.search.search import SearchResult, search
+from amoeba_search.search.search import Point, SearchResult, feasible_front, search
 from amoeba_search.search.storage import SharedEvaluations, describe_storage, evaluations_study_name, open_storage
 from amoeba_search.shapes import SearchSpace, SubnetShape
+
+logger = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 VERIFY_MODES = ("decisive", "all", "none")
@@ -82,10 +85,15 @@ def fit_or_load_predictor(space: SearchSpace, oracle: MetricOracle, path: Path |
     if path is not None and predictor_matches(path, space, oracle):
         predictor, data = load_predictor(path)
         try:
-            return predictor, PredictorReport(**{**data["report"], "reused": True})
+            report = PredictorReport(**{**data["report"], "reused": True})
         except (KeyError, TypeError) as err:
             raise ValueError(f"predictor file {path} has no usable report ({err}); delete it (amoeba-search fits "
                              "a new one) or pass another --predictor") from err
+        logger.info("predictor reused from %s: %s on %d shapes, held-out Spearman %.3f", path, report.kind,
+                    report.train_shapes, report.holdout_spearman)
+        return predictor, report
+    if path is not None and path.is_file():
+        logger.info("predictor %s was fit with other settings or another space: fitting a new one", path)
     train = design_sample(space, n_train, seed=seed)
     holdout = design_sample(space, n_holdout, seed=seed + 1, exclude=train, extremes=False)
     total = len(train) + len(holdout)
@@ -99,6 +107,8 @@ def fit_or_load_predictor(space: SearchSpace, oracle: MetricOracle, path: Path |
                              holdout_spearman=float(spearmanr(predicted, y_holdout).statistic),
                              holdout_mare=float(np.mean(np.abs(predicted / y_holdout - 1))),
                              cross_validation=cv, reused=False)
+    logger.info("predictor %s checked on %d held-out shapes: Spearman %.3f, mean relative error %.1f%%",
+                report.kind, report.holdout_shapes, report.holdout_spearman, 100 * report.holdout_mare)
     if path is not None and rank_world()[0] == 0:
         report_dict = report.to_dict()
         report_dict.pop("reused")
@@ -181,16 +191,16 @@ class JobResult:
         if ref is not None:  # like against like: both latencies from the table, both metrics measured if possible
             predicted = next(r for r in self.result.front if r.shape == best).latency_ms
             out.update(full_model=ref["shape"], speedup_vs_full=ref["latency_ms"] / predicted,
-                       speedup_basis="latency table, both shapes",
+                       speedup_basis=f"{COSTS[self.cost_unit]['noun']} table, both shapes",
                        metric_change_vs_full_pct=100 * (chosen["metric"] / ref["metric"] - 1))
         return out
 
     def to_dict(self) -> dict:
         best = self.best_shape()
         key = COSTS[self.cost_unit]["key"]
-        front = self.front_records()
-        if key != "ms":  # an energy search: its cost columns say so
-            front = [{k.replace("latency_ms", f"energy_{key}"): v for k, v in row.items()} for row in front]
+        front, explanation = self.front_records(), self.explanation()
+        if key != "ms":  # an energy search: its cost keys say so
+            front, explanation = _energy_keys(front, key), _energy_keys(explanation, key)
         return {"settings": self.settings, f"budget_{key}": self.result.budget_ms, "budget_unit": self.cost_unit,
                 "budget_warning": self.budget_warning,
                 "memory_budget_mb": self.result.memory_budget_mb, "method": self.result.method,
@@ -198,16 +208,29 @@ class JobResult:
                 "real_metric_evaluations": self.real_evaluations, "predictor": self.predictor.to_dict(),
                 "best": None if best is None else str(best),
                 "best_rule": "most accurate usable shape within the budget, on verified numbers where measured",
-                "max_metric": self.max_metric, "reference": self.reference, "explanation": self.explanation(),
+                "max_metric": self.max_metric, "reference": self.reference, "explanation": explanation,
                 "front": front,
                 "seconds": self.seconds}
+
+
+def _energy_keys(value, key: str):
+    """``value`` (a record, a list of them or None) with its cost keys named for energy: ``latency_ms`` becomes
+    ``energy_<key>``, ``budget_ms`` ``budget_<key>``, ``budget_margin_ms`` ``budget_margin_<key>``, and the
+    full model's ``speedup_vs_full`` ``energy_ratio_vs_full``."""
+    if isinstance(value, list):
+        return [_energy_keys(v, key) for v in value]
+    if not isinstance(value, dict):
+        return value
+    names = {"budget_ms": f"budget_{key}", "budget_margin_ms": f"budget_margin_{key}",
+             "speedup_vs_full": "energy_ratio_vs_full"}
+    return {names.get(k, k.replace("latency_ms", f"energy_{key}")): _energy_keys(v, key) for k, v in value.items()}
 
 
 def run_job(space: SearchSpace, oracle: MetricOracle, latency_fn: Callable[[SubnetShape], float], *,
             budget_ms: float, predictor_path: Path | None = None, method: str = "hierarchical", trials: int = 120,
             storage: str | None = None, study_name: str = "amoeba-search", seed: int = 0,
-            verify: str | bool = "decisive", verify_count: int = 4, max_metric: float | str | None = None,
-            measure_latency: Callable[[SubnetShape], float] | None = None,
+            verify: str | bool = "decisive", verify_count: int = 4, verify_band: float | None = None,
+            max_metric: float | str | None = None, measure_latency: Callable[[SubnetShape], float] | None = None,
             layers_for: Callable[[SubnetShape], list[int] | None] | None = None,
             settings: dict | None = None, progress: Progress | None = None,
             memory_fn: Callable[[SubnetShape], float] | None = None, memory_budget_mb: float | None = None,
@@ -217,8 +240,10 @@ def run_job(space: SearchSpace, oracle: MetricOracle, latency_fn: Callable[[Subn
 
     ``verify``: ``decisive`` (default) evaluates front shapes for real, most accurate first, until
     ``verify_count`` of them are usable and within the budget: the chosen shape and the alternatives nearest
-    the budget, which are what decides the answer; ``all`` the whole front; ``none`` nothing (True and False
-    mean all and none). ``max_metric``: the quality floor, a number or ``"<k>x"`` (k times the full model's
+    the budget, which are what decides the answer; ``all`` the whole front and every shape within the budget
+    that the predictor puts within ``verify_band`` of it (default: twice the predictor's held-out error), and
+    the front is then rebuilt from the measured metrics, so a shape the predictor underrated still makes it;
+    ``none`` nothing (True and False mean all and none). ``max_metric``: the quality floor, a number or ``"<k>x"`` (k times the full model's
     metric); front shapes above it are marked unusable and never chosen. ``cost_unit``: what ``latency_fn``
     and ``budget_ms`` are in, ``ms`` or ``mJ`` (energy per token); ``source_kind`` (measured, estimate) words
     where the costs come from in the budget warning (``JobResult.budget_warning``).
@@ -240,7 +265,7 @@ def run_job(space: SearchSpace, oracle: MetricOracle, latency_fn: Callable[[Subn
     try:
         return _run_job(space, oracle, latency_fn, budget_ms=budget_ms, predictor_path=predictor_path,
                         method=method, trials=trials, storage=store, study_name=study_name, seed=seed,
-                        verify=verify, verify_count=verify_count, max_metric=max_metric,
+                        verify=verify, verify_count=verify_count, verify_band=verify_band, max_metric=max_metric,
                         measure_latency=measure_latency, layers_for=layers_for, settings=settings,
                         progress=progress, memory_fn=memory_fn, memory_budget_mb=memory_budget_mb,
                         cost_unit=cost_unit, source_kind=source_kind, storage_name=describe_storage(storage))
@@ -256,7 +281,7 @@ def predictor_digest(predictor: Predictor, space: SearchSpace) -> str:
 
 
 def _run_job(space, oracle, latency_fn, *, budget_ms, predictor_path, method, trials, storage, study_name, seed,
-             verify, verify_count, max_metric, measure_latency, layers_for, settings, progress, memory_fn,
+             verify, verify_count, verify_band, max_metric, measure_latency, layers_for, settings, progress, memory_fn,
              memory_budget_mb, cost_unit, source_kind, storage_name) -> JobResult:
     if cost_unit not in COSTS:
         raise ValueError(f"cost_unit must be one of {', '.join(COSTS)}, got {cost_unit!r}")
@@ -283,6 +308,8 @@ def _run_job(space, oracle, latency_fn, *, budget_ms, predictor_path, method, tr
     before = oracle.evaluations
     predictor, report = fit_or_load_predictor(space, oracle, predictor_path, seed=seed, progress=progress)
     seconds["predictor"] = time.perf_counter() - start
+    logger.info("predictor stage done: %d real evaluations, %.1f s", oracle.evaluations - before,
+                seconds["predictor"])
 
     start = time.perf_counter()
     study_name = f"{study_name}-p{predictor_digest(predictor, space)}"
@@ -298,6 +325,8 @@ def _run_job(space, oracle, latency_fn, *, budget_ms, predictor_path, method, tr
         memory_budget_mb=memory_budget_mb, metric_names=metric_names, study_attrs=study_attrs,
         memory_fn=None if memory is None else (lambda shapes: np.array([memory[s] for s in shapes]))))
     seconds["search"] = time.perf_counter() - start
+    logger.info("search stage done: study %s, %d trials, front of %d, %.1f s", study_name, result.trials,
+                len(result.front), seconds["search"])
 
     start = time.perf_counter()
     rank, world = rank_world()
@@ -308,8 +337,17 @@ def _run_job(space, oracle, latency_fn, *, budget_ms, predictor_path, method, tr
     else:
         reference.update(metric=float(oracle([largest])[0]),
                          metric_source=f"measured ({oracle.settings.get('metric')} on the supernet)")
+    logger.info("full model %s: metric %.4g (%s), %.1f %s", largest, reference["metric"],
+                "predicted" if mode == "none" else "measured", reference["latency_ms"], cost_unit)
     floor = quality_floor(max_metric, reference["metric"])
     order = sorted(result.front, key=lambda p: (p.metric, p.latency_ms))  # most accurate first
+    band, near = None, []
+    if mode == "all":
+        band = verify_band if verify_band is not None else min(0.25, max(0.02, 2 * report.holdout_mare))
+        near = near_front(space, predictor, latencies, result, band, memory)
+        logger.info("verifying %d front shapes and %d more within %.1f%% of the predicted front", len(order),
+                    len(near), 100 * band)
+        order += near
     if mode != "none" and (world > 1 or getattr(oracle, "shared", None) is not None):  # split over the workers
         oracle([p.shape for p in (order if mode == "all" else order[:verify_count])])
     verified, decisive = [], 0
@@ -318,6 +356,7 @@ def _run_job(space, oracle, latency_fn, *, budget_ms, predictor_path, method, tr
             break
         if progress:
             progress("verifying the front", len(verified) + 1, len(order) if mode == "all" else verify_count)
+        shape_start = time.perf_counter()
         record = {"shape": str(point.shape), "metric": float(oracle([point.shape])[0]),
                   "metric_source": f"measured ({oracle.settings.get('metric')} on the supernet)"}
         if point.shape in oracle.details:
@@ -328,14 +367,62 @@ def _run_job(space, oracle, latency_fn, *, budget_ms, predictor_path, method, tr
         verified.append(record)
         usable = floor is None or record["metric"] <= floor
         decisive += usable and record.get("latency_ms", point.latency_ms) <= budget_ms
+        logger.info("verified %s: metric %.4g (predicted %.4g), %.1f %s (%s)%s, %.1f s", point.shape,
+                    record["metric"], point.metric, record.get("latency_ms", point.latency_ms), cost_unit,
+                    "measured now" if "latency_ms" in record else "predicted",
+                    "" if usable else ", above the quality floor", time.perf_counter() - shape_start)
     if progress and mode == "decisive":
         progress("verifying the front", verify_count, verify_count)
     seconds["verify"] = time.perf_counter() - start
+    if mode == "all":
+        result = _front_from_verified(result, order, verified)
+    if mode != "none":
+        logger.info("verification done (%s): %d front shapes measured, %.1f s", mode, len(verified), seconds["verify"])
     layers = {str(p.shape): layers_for(p.shape) for p in result.front} if layers_for else {}
-    settings = {**(settings or {}), "study": study_name, "storage": storage_name, "verify": mode, **({"verify_count": verify_count} if mode == "decisive" else {}),
+    settings = {**(settings or {}), "study": study_name, "storage": storage_name, "verify": mode,
+                **({"verify_count": verify_count} if mode == "decisive" else {}),
+                **({"verify_band": band, "verified_near_front": len(near),
+                    "front_from": "measured metrics of the front and of the shapes near it"} if mode == "all" else {}),
                 "max_metric_rule": None if max_metric is None else str(max_metric)}
     return JobResult(result, report, verified, seconds, settings, oracle.evaluations - before, layers,
                      reference, floor, slack, cost_unit)
+
+
+def near_front(space: SearchSpace, predictor: Predictor, latencies: dict, result: SearchResult, band: float,
+               memory: dict | None = None) -> list[Point]:
+    """Shapes within the budget, off the predicted front, that the predictor puts within ``band`` (relative) of
+    it: no front shape at most as slow is better by more than that margin. The predictor's error could hide a
+    front shape among them, so ``verify="all"`` measures them too."""
+    on_front = {p.shape for p in result.front}
+    shapes = [s for s in space if s not in on_front and latencies[s] <= result.budget_ms
+              and (memory is None or result.memory_budget_mb is None or memory[s] <= result.memory_budget_mb)]
+    if not shapes or not result.front:
+        return []
+    predicted = predictor.predict(shapes)
+    front = sorted(result.front, key=lambda p: p.latency_ms)
+    near = []
+    for shape, metric in zip(shapes, predicted):
+        best = min((p.metric for p in front if p.latency_ms <= latencies[shape]), default=float("inf"))
+        if metric <= best * (1 + band):
+            near.append(Point(shape, float(metric), latencies[shape],
+                              None if memory is None else memory[shape]))
+    return sorted(near, key=lambda p: (p.metric, p.latency_ms))
+
+
+def _front_from_verified(result: SearchResult, candidates: list[Point], verified: list[dict]) -> SearchResult:
+    """``result`` with its front rebuilt from the measured metrics (and latencies, where measured) of the
+    verified ``candidates``; the front's points keep their predicted metrics, and every candidate joins
+    ``points``."""
+    measured = {v["shape"]: v for v in verified}
+    real = [Point(p.shape, measured[str(p.shape)]["metric"], measured[str(p.shape)].get("latency_ms", p.latency_ms),
+                  p.memory_mb) for p in candidates if str(p.shape) in measured]
+    kept = {p.shape for p in feasible_front(real, result.budget_ms, result.memory_budget_mb)}
+    if not kept:
+        return result
+    seen = {p.shape for p in result.points}
+    points = result.points + [p for p in candidates if p.shape not in seen]
+    front = sorted((p for p in candidates if p.shape in kept), key=lambda p: p.latency_ms)
+    return replace(result, points=points, front=front)
 
 
 def write_outputs(job: JobResult, out_dir: str | Path, *, title: str = "") -> dict[str, Path]:

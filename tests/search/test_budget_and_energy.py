@@ -1,5 +1,6 @@
 """The budget-looser-than-every-shape fact, the estimate label in the JSON, and energy as the budgeted cost."""
 import argparse
+import json
 
 import pytest
 
@@ -76,3 +77,15 @@ def test_budget_flag_must_match_the_metric(argv, message):
     with pytest.raises(ValueError, match=message):
         _budget(args)
     assert _budget(build_parser().parse_args(["--metric", "energy", "--budget-mj", "5"])) == (5.0, "mJ")
+
+
+def test_energy_explanation_names_energy_and_prints(tmp_path):
+    from amoeba_search.cli.search import _explain, build_parser
+
+    predict = energy_predictor(_energy_table(tmp_path / "t.csv"))
+    job = run_job(SPACE, _oracle(tmp_path, []), predict, budget_ms=14, trials=60, verify="none", cost_unit="mJ")
+    why = job.to_dict()["explanation"]
+    assert why["budget_mj"] == 14 and why["energy_mj"] <= 14
+    assert not [k for k in json.dumps(why).split('"') if k.endswith("_ms")], why
+    lines = _explain(why, {}, build_parser().parse_args(["--metric", "energy", "--budget-mj", "14"]))
+    assert lines[0].startswith(f"best: {why['shape']}") and "mJ" in lines[0] and "inside the budget" in lines[0]

@@ -21,7 +21,9 @@ def test_job_fits_searches_verifies_and_writes(tmp_path):
                   predictor_path=tmp_path / "predictor.json", trials=80, verify="all",
                   measure_latency=lambda s: float(latency([s])[0]) * 1.01, layers_for=lambda s: list(range(s.depth)))
     assert job.predictor.holdout_spearman > 0.9 and not job.predictor.reused
-    assert job.real_evaluations == len(set(calls)) <= 40 + 12 + len(job.result.front)
+    near = job.settings["verified_near_front"]
+    assert job.real_evaluations == len(set(calls)) <= 40 + 12 + 1 + len(job.result.front) + near
+    assert len(job.verified) >= len(job.result.front)  # the front is rebuilt from what was measured
     front = job.front_records()
     assert front and all(r["predicted_latency_ms"] <= 35 for r in front)
     assert all(r["verified_latency_ms"] == pytest.approx(r["predicted_latency_ms"] * 1.01) for r in front)
@@ -129,3 +131,46 @@ def test_the_plot_marks_the_choice_the_full_model_and_links_verified_points(tmp_
     assert info["hidden_above"] == sum(p.metric > high for p in job.result.points)
     paths = write_outputs(job, tmp_path / "out")
     assert paths["plot"].stat().st_size > 10_000
+
+
+class _Predictor:
+    def __init__(self, values):
+        self.values = values
+
+    def predict(self, shapes):
+        import numpy as np
+
+        return np.array([self.values[s] for s in shapes])
+
+
+def test_near_front_takes_the_shapes_within_the_band_of_a_front_shape_at_most_as_slow():
+    from amoeba_search.search.job import near_front
+    from amoeba_search.search.search import Point, SearchResult
+
+    shapes = list(SPACE)[:4]
+    lat = dict(zip(shapes, [10.0, 20.0, 30.0, 40.0]))
+    predicted = dict(zip(shapes, [100.0, 50.0, 54.0, 80.0]))
+    result = SearchResult([Point(s, predicted[s], lat[s]) for s in shapes[:2]], budget_ms=35, method="t", trials=2)
+    assert [p.shape for p in result.front] == shapes[:2]
+    space = type("Space", (), {"__iter__": lambda self: iter(shapes)})()
+    near = near_front(space, _Predictor(predicted), lat, result, 0.1)
+    # 54 is within 10% of the 50 at 20 ms; 80 is not, and 40 ms is over the budget anyway
+    assert [p.shape for p in near] == [shapes[2]]
+    assert near_front(space, _Predictor(predicted), lat, result, 0.05) == []
+
+
+def test_verify_all_rebuilds_the_front_from_measured_metrics(tmp_path):
+    """A shape the predictor underrates is measured because it is near the front, and joins it."""
+    calls = []
+    job = run_job(SPACE, _oracle(tmp_path, calls), lambda s: float(latency([s])[0]), budget_ms=35,
+                  predictor_path=tmp_path / "predictor.json", trials=80, verify="all", verify_band=0.25)
+    assert job.settings["verify_band"] == 0.25 and job.settings["verified_near_front"] > 0
+    real = {v["shape"]: v["metric"] for v in job.verified}
+    rows = job.front_records()
+    assert all(r["verified_metric"] == real[r["shape"]] for r in rows)
+    # no measured shape within the budget dominates a front shape on the measured metric
+    lat = {str(s): float(latency([s])[0]) for s in SPACE}
+    for row in rows:
+        assert not any(lat[s] <= lat[row["shape"]] and m < row["verified_metric"] and s != row["shape"]
+                       for s, m in real.items() if lat[s] <= 35)
+    assert job.to_dict()["settings"]["front_from"].startswith("measured metrics")
