@@ -18,19 +18,30 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(flat_logits.float(), flat_labels, ignore_index=IGNORE)
 
 
-def distill_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, *,
-                 temperature: float = 1.0) -> torch.Tensor:
+def teacher_targets(teacher: torch.Tensor, labels: torch.Tensor, *, temperature: float = 1.0) -> torch.Tensor:
+    """The teacher's (detached) next-token distribution at the scored positions, (N, V) in fp32: computed once
+    per step and shared by every student of the step."""
+    t, flat_labels = _shifted(teacher.detach(), labels)
+    keep = flat_labels != IGNORE
+    t = t if bool(keep.all()) else t[keep]  # boolean indexing copies (N, V): skip it when every position counts
+    return torch.softmax(t.float() / temperature, dim=-1)
+
+
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tensor, *,
+                 temperature: float = 1.0, targets: torch.Tensor | None = None) -> torch.Tensor:
     """Soft cross-entropy of the student against the teacher's (detached) next-token distribution.
 
     Same gradient as KL(teacher || student), but the same magnitude as a label loss, which keeps
-    loss-magnitude balancing meaningful. Only positions with a label are scored.
+    loss-magnitude balancing meaningful. Only positions with a label are scored. ``targets``: the teacher's
+    distribution from :func:`teacher_targets` (then ``teacher`` is not read).
     """
+    if targets is None:
+        targets = teacher_targets(teacher, labels, temperature=temperature)
     s, flat_labels = _shifted(student, labels)
-    t, _ = _shifted(teacher.detach(), labels)
     keep = flat_labels != IGNORE
-    target = torch.softmax(t[keep].float() / temperature, dim=-1)                 # (N, V)
-    log_p = torch.log_softmax(s[keep].float() / temperature, dim=-1)
-    return -(target * log_p).sum(-1).mean() * temperature ** 2
+    s = s if bool(keep.all()) else s[keep]
+    log_p = torch.log_softmax(s.float() / temperature, dim=-1)
+    return -(targets * log_p).sum(-1).mean() * temperature ** 2
 
 
 def balance(loss: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:

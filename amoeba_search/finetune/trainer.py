@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from amoeba_search.distributed import barrier, rank_world
 from amoeba_search.errors import AmoebaError
 from amoeba_search.finetune.data import TrainingData
-from amoeba_search.finetune.losses import balance, distill_loss, lm_loss
+from amoeba_search.finetune.losses import balance, distill_loss, lm_loss, teacher_targets
 from amoeba_search.finetune.sampling import sandwich
 from amoeba_search.finetune.smol import SMoLAdapter
 from amoeba_search.paths import atomic_dir, atomic_file, atomic_write_text
@@ -149,14 +149,14 @@ class Trainer:
         for i, shape in enumerate(shapes):
             self.loaded.activate(shape)
             with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
-                logits = self.supernet(input_ids=ids).logits.float()           # (B, T, V), losses in fp32
+                logits = self.supernet(input_ids=ids, use_cache=False).logits  # (B, T, V); losses in fp32
             if i == 0:
                 loss = lm_loss(logits, labels)
                 reference = loss.detach()
-                teacher = logits.detach() if cfg.distill else None
+                teacher = teacher_targets(logits, labels, temperature=cfg.temperature) if cfg.distill else None
             else:
                 loss = lm_loss(logits, labels) if teacher is None else distill_loss(
-                    logits, teacher, labels, temperature=cfg.temperature)
+                    logits, None, labels, temperature=cfg.temperature, targets=teacher)
                 if teacher is not None and cfg.label_weight > 0:
                     loss = (1 - cfg.label_weight) * loss + cfg.label_weight * lm_loss(logits, labels)
             raw.append(loss.detach())

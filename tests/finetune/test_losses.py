@@ -1,6 +1,6 @@
 import torch
 
-from amoeba_search.finetune.losses import IGNORE, balance, distill_loss, lm_loss
+from amoeba_search.finetune.losses import IGNORE, balance, distill_loss, lm_loss, teacher_targets
 from amoeba_search.finetune.sampling import sandwich
 from amoeba_search.shapes import ModelDims, SearchSpace
 
@@ -43,3 +43,17 @@ def test_sandwich_has_largest_smallest_and_distinct_random_shapes_reproducibly()
     assert len(shapes) == 5 and len(set(shapes)) == 5 and all(s in space for s in shapes)
     assert sandwich(space, 3, seed=1, step=7) == shapes
     assert sandwich(space, 3, seed=1, step=8) != shapes
+
+
+def test_teacher_targets_computed_once_give_the_same_loss_and_gradient():
+    torch.manual_seed(0)
+    teacher = torch.randn(2, 6, 11)
+    labels = torch.randint(0, 11, (2, 6))
+    labels[0, 2] = IGNORE
+    student = torch.randn(2, 6, 11, requires_grad=True)
+    direct = distill_loss(student, teacher, labels, temperature=2.0)
+    shared = distill_loss(student, None, labels, temperature=2.0,
+                          targets=teacher_targets(teacher, labels, temperature=2.0))
+    assert torch.equal(direct, shared)
+    assert torch.equal(*(torch.autograd.grad(loss, student)[0] for loss in (direct, shared)))
+    assert teacher_targets(teacher, labels).shape == (2 * 5 - 1, 11)  # one scored position is ignored
