@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 OUT    ?= out
 
-.PHONY: all install prepare postgres demo test test-fast bench clean
+.PHONY: all install prepare postgres llamacpp demo test test-fast bench clean
 
 all: demo
 
@@ -34,7 +34,7 @@ demo: prepare
 
 # The PostgreSQL test of shared search workers needs a server: installed here when missing, as root, where apt
 # works; without it that test is skipped with its reason, and everything else runs.
-test: prepare postgres
+test: prepare postgres llamacpp
 	$(BIN)/python -m pytest -q -ra
 
 postgres: install
@@ -43,6 +43,12 @@ postgres: install
 			|| echo "make: postgresql not installed; its test will be skipped"; fi
 	@$(BIN)/python -c "import psycopg2" 2>/dev/null || $(BIN)/pip install -q psycopg2-binary \
 		|| echo "make: psycopg2 not installed; the PostgreSQL test will be skipped"
+
+# llama-cpp-python, for the tests of the GGUF files in llama.cpp itself and of the llamacpp flow: PyPI has only its
+# source, so this builds llama.cpp (about 10 min on 2 cores, once: pip keeps the wheel it built), without the
+# multimodal library, which nothing here uses.
+llamacpp: install
+	@$(BIN)/python -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(BIN)/pip install -q "llama-cpp-python>=0.3.36"
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -67,9 +67,12 @@ def parse_args(argv=None):
     p.add_argument("--table", type=Path, default=None,
                    help="the table to complete and score (default profiles/<model>/<device>/<flow>[-settings].csv)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
-    p.add_argument("--study", choices=("drift-cancelled", "absolute"), default="drift-cancelled",
+    p.add_argument("--study", choices=("drift-cancelled", "absolute", "cross-flow-committed"), default="drift-cancelled",
                    help="drift-cancelled (default): new interleaved tables of this machine, ratio and absolute "
-                        "accuracy, transfer; absolute: complete and score the committed table (the first study)")
+                        "accuracy, transfer; absolute: complete and score the committed table (the first study); "
+                        "cross-flow-committed: no measuring, one committed flow's table transferred to another "
+                        "committed flow of the same machine with K anchors, scored on that flow's committed "
+                        "held-out shapes")
     p.add_argument("--reference", default="full", help="drift-cancelled: the reference shape (default full)")
     p.add_argument("--reference-reload", type=int, default=8, help="drift-cancelled: shapes per load of the reference")
     p.add_argument("--table-holdout", type=int, default=12,
@@ -352,16 +355,25 @@ def _plain(value):
     return value.item() if hasattr(value, "item") else value
 
 
-def transfer_accuracy(source, here, truth, ks, provenance: dict) -> dict:
+def transfer_accuracy(source, here, truth, ks, provenance: dict, reference=None, reference_now_ms=None) -> dict:
     """For each K: this machine's table built from ``source`` (another machine's or flow's table) and K anchor
     shapes (chosen by the library among the source's shapes; their latencies taken from ``here``, the table
-    measured here), with the library's correction; scored on the held-out ``truth`` (measured ms)."""
+    measured here), with the library's correction; scored on the held-out ``truth`` (measured ms), and, given
+    the ``reference`` shape of drift-cancelled truths, on their decode ratio to it (alone, and times
+    ``reference_now_ms``)."""
     from amoeba_search.profiling.lut import COLUMNS, LatencyTable, append_row
     from amoeba_search.profiling.transfer import TRANSFER_METRICS, choose_anchors, source_latencies, transfer_rows
 
     there = source_latencies(source, "decode")
     measured_here = {m: source_latencies(here, m) for m in TRANSFER_METRICS}
     out = {}
+    if reference is not None:  # anchors as drift-cancelled: each one's ratio x the table's median reference time
+        rows = here.rows.dropna(subset=["decode_ratio", "prefill_ratio"])
+        for m in TRANSFER_METRICS:
+            ref_ms = float(rows[f"reference_{m}_ms"].median())
+            ratio = rows.groupby("shape")[f"{m}_ratio"].median()
+            measured_here[m] = {s: float(ratio[str(s)]) * ref_ms for s in measured_here[m] if str(s) in ratio.index}
+        out["anchor_ms"] = "each anchor's measured ratio to the reference x the table's median reference time"
     for k in ks:
         anchors = choose_anchors(there, k)
         missing = [str(s) for s in anchors if s not in measured_here["decode"]]
@@ -379,7 +391,17 @@ def transfer_accuracy(source, here, truth, ks, provenance: dict) -> dict:
                                   **dict.fromkeys(RATIO_COLUMNS)})
             for row in rows:
                 append_row(path, row)
-            scores = absolute_accuracy(LatencyTable.load(path), truth)
+            transferred = LatencyTable.load(path)
+            scores = absolute_accuracy(transferred, truth)
+            if reference is not None and truth["decode_ratio"].notna().all():
+                # drift-cancelled use of the transferred table: its ratio to the reference, against the measured
+                # ratio, and that ratio x the reference timed now, against the measured ms
+                ref = transferred.predict(reference, metric="decode")
+                ratios = [transferred.predict(s, metric="decode") / ref for s in truth.index]
+                scores["decode_ratio"] = errors(ratios, truth["decode_ratio"])
+                if reference_now_ms:
+                    scores["decode_ratio_x_reference_now"] = errors([r * reference_now_ms for r in ratios],
+                                                                    truth["decode_ms_median"])
         out[f"k{k}"] = {"anchors": [str(s) for s in anchors], "corrections": record["corrections"], **scores}
     return out
 
@@ -449,7 +471,8 @@ def drift_flow(name, args, spec, machine, source, csv_dir: Path, ks):
             committed.check_model(source.fingerprint())
         transfer.update(source_machine=committed.machine, target_machine=table.machine,
                         **transfer_accuracy(committed, table, truth, ks,
-                                            {"table": _rel(committed_path), "machine": committed.machine}))
+                                            {"table": _rel(committed_path), "machine": committed.machine},
+                                            reference=reference, reference_now_ms=fresh["decode"]))
     except LatencyTableError as exc:
         transfer["skipped"] = str(exc)
 
@@ -457,7 +480,8 @@ def drift_flow(name, args, spec, machine, source, csv_dir: Path, ks):
                "ratio_prefill": ratio["prefill"]["within_10pct"] >= TARGETS["ratio_within_10pct"],
                **{f"absolute_{m}": absolute[m]["within_10pct"] >= TARGETS["absolute_within_10pct"]
                   for m in ("decode", "prefill", "e2e")},
-               **({f"transfer_{m}_k_le_5": _transfer_met(transfer, m) for m in ("decode", "e2e")}
+               **({f"transfer_{m}_k_le_5": _transfer_met(transfer, m)
+                   for m in ("decode", "e2e", "decode_ratio", "decode_ratio_x_reference_now")}
                   if "skipped" not in transfer else {})}
     table_s = float(table.rows["elapsed_s"].fillna(0).sum())
     holdout_s = float(holdout.rows[holdout.rows["shape"].isin(truth.index)]["elapsed_s"].fillna(0).sum())
@@ -594,7 +618,9 @@ def drift_main(args) -> int:
                 if f"k{k}" in transfer:
                     t = transfer[f"k{k}"]
                     print(f"  transfer from {transfer['source_machine']} with K={k}: " + (
-                        t["skipped"] if "skipped" in t else f"decode {_pct(t['decode'])}, e2e {_pct(t['e2e'])}"))
+                        t["skipped"] if "skipped" in t else f"decode {_pct(t['decode'])}, e2e {_pct(t['e2e'])}" + (
+                            f"; decode ratio {_pct(t['decode_ratio'])}, x reference now "
+                            f"{_pct(t['decode_ratio_x_reference_now'])}" if "decode_ratio_x_reference_now" in t else "")))
             print(f"  targets met: {result['targets_met']}")
         atomic_write_text(results_path, json.dumps(results, indent=2, default=str) + "\n")
     section["cross_flow_transfer"] = cross_flow(section["flows"], ks)
@@ -606,10 +632,56 @@ def drift_main(args) -> int:
     return 0
 
 
+def cross_flow_committed(args) -> int:
+    """Transfer between the committed tables of one machine (``profiles/<model>/<device>/<flow>.csv``), each
+    pair of flows, scored on the target flow's committed held-out shapes
+    (``benchmarks/results/latency-<device>-<flow>-holdout.csv``); merged into ``latency.json`` under
+    ``drift_cancelled.cross_flow_transfer_committed``."""
+    from amoeba_search.paths import atomic_write_text
+    from amoeba_search.profiling.lut import LatencyTable
+
+    ks = sorted({int(k) for k in args.anchors.split(",") if k.strip()})
+    folder = args.profiles / COMMITTED_MODEL / args.device
+    found = {}
+    for name in [f.strip() for f in args.flows.split(",") if f.strip()]:
+        table_path, holdout_path = folder / f"{name}.csv", args.results.parent / f"latency-{args.device}-{name}-holdout.csv"
+        if table_path.is_file() and holdout_path.is_file():
+            found[name] = (LatencyTable.load(table_path), LatencyTable.load(holdout_path), table_path, holdout_path)
+        else:
+            print(f"{name}: skipped: {_rel(table_path)} or {_rel(holdout_path)} is missing", file=sys.stderr)
+    out = {}
+    for a, (source, _, source_path, _) in found.items():
+        for b, (here, holdout, here_path, holdout_path) in found.items():
+            if a == b or source.machine != here.machine:
+                continue
+            shapes = sorted(set(holdout.rows["shape"]) - set(here.rows["shape"]))
+            truth = truths(holdout, shapes)
+            out[f"{a}->{b}"] = {"source_table": _rel(source_path), "target_table": _rel(here_path),
+                                "holdout_table": _rel(holdout_path), "machine": here.machine, "holdout_shapes": len(truth),
+                                "anchors_from": "the target flow's committed table",
+                                "target_own_table": absolute_accuracy(here, truth),  # what measuring every design shape gives
+                                **transfer_accuracy(source, here, truth, ks, {"table": _rel(source_path),
+                                                                              "machine": source.machine})}
+            best = [f"K={k[1:]} decode {_pct(v['decode'])}" for k, v in out[f"{a}->{b}"].items()
+                    if k.startswith("k") and "decode" in v]
+            own = out[f"{a}->{b}"]["target_own_table"]["decode"]
+            print(f"{a}->{b} on {here.machine}: " + ", ".join(best) + f"; {b}'s own table: {_pct(own)}")
+    results = json.loads(args.results.read_text()) if args.results.exists() else {}
+    results.setdefault("drift_cancelled", {})["cross_flow_transfer_committed"] = {
+        "claim": "one flow's table turned into another flow's with K <= 5 anchors measured in that flow: within "
+                 "±10% on >= 95% of that flow's held-out shapes", "pairs": out,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    atomic_write_text(args.results, json.dumps(results, indent=2, default=str) + "\n")
+    print(f"results: {args.results} (key drift_cancelled.cross_flow_transfer_committed)")
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.study == "drift-cancelled":
         return drift_main(args)
+    if args.study == "cross-flow-committed":
+        return cross_flow_committed(args)
     from transformers.utils import logging as hf_logging
 
     from amoeba_search.paths import atomic_write_text

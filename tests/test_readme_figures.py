@@ -52,6 +52,48 @@ def _search_row(i: int):
     return text
 
 
+def _score(v) -> str:
+    return f"{v['mape_pct']}% / {100 * v['within_10pct']:.0f}%"
+
+
+def _drift(d):
+    return d["drift_cancelled"]["flows"]["torch"]
+
+
+def _transfer_row(k: int):
+    def text(d):
+        t = _drift(d)["transfer_from_committed"][f"k{k}"]
+        return (f"| {k} | {_score(t['decode'])} | {_score(t['decode_ratio'])} | "
+                f"{_score(t['decode_ratio_x_reference_now'])} |")
+    return text
+
+
+def _cross_flow_row(source: str, label: str):
+    def text(d):
+        pairs = d["drift_cancelled"]["cross_flow_transfer_committed"]["pairs"]
+        cells = [f"{100 * pairs[f'{source}->{t}']['k5']['decode']['within_10pct']:.0f}%" if t != source else ""
+                 for t in ("torch", "ort", "llamacpp", "openvino")]
+        return " ".join((f"| {label} | " + " | ".join(cells) + " |").split())  # an empty cell is "| |"
+    return text
+
+
+LATENCY_CLAIMS = [
+    ("latency.json", lambda d: f"| ratio to the full model, as the table predicts it | "
+                               f"{_score(_drift(d)['ratio_accuracy_on_holdout']['decode'])} | "
+                               f"{_score(_drift(d)['ratio_accuracy_on_holdout']['prefill'])} |"),
+    ("latency.json", lambda d: "| ms: predicted ratio × the full model timed now (20 s) | " + " | ".join(
+        _score(_drift(d)["absolute_accuracy_on_holdout_ratio_x_reference_now"][m]) for m in ("decode", "prefill", "e2e"))),
+    ("latency.json", lambda d: "| ms: the table's own milliseconds | " + " | ".join(
+        _score(_drift(d)["absolute_accuracy_on_holdout_table_ms"][m]) for m in ("decode", "prefill", "e2e"))),
+    ("latency.json", lambda d: f"during the table: {_drift(d)['error_over_noise_floor']['noise_floor_decode_pct']}%"),
+    ("latency.json", lambda d: f"decode MAPE is {_drift(d)['error_over_noise_floor']['ratio_decode']} of that floor"),
+    ("latency.json", lambda d: f"38 of the 240 shapes ({100 * _drift(d)['cost']['measured_fraction_of_grid']:.1f}%) "
+                               f"took {_drift(d)['cost']['table_profiling_s']:.0f} s"),
+    *[("latency.json", _transfer_row(k)) for k in (1, 3, 5)],
+    *[("latency.json", _cross_flow_row(f, label))
+      for f, label in (("torch", "torch"), ("ort", "ORT"), ("llamacpp", "llama.cpp"), ("openvino", "OpenVINO"))],
+]
+
 FRONTIER_TARGETS = list(_load("frontier.json")["cells"])
 FRONTIER_ARMS = ("amoeba", "amoeba-dagger", "shortgpt", "flap", "amoeba-shipped")
 
@@ -83,6 +125,7 @@ CLAIMS = [
     ("search.json", lambda d: f"{d['finetuned_vs_raw']['finetuned_exhaustive_front_best']['19.1']:.1f} against "
                               f"{d['finetuned_vs_raw']['raw_exhaustive_front_best']['19.1']:.1f} at 19.1 ms"),
     ("search.json", lambda d: f"({d['finetuned_vs_raw']['levels_where_finetuned_is_worse']} levels worse)"),
+    *LATENCY_CLAIMS,
 ]
 
 
