@@ -8,14 +8,19 @@ IGNORE = -100  # label of a position that is not scored (prompt, padding)
 
 
 def _shifted(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits of positions 0..T-2 and the labels they predict, flattened: ((N, V), (N,))."""
-    return logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1)
+    """Logits of positions 0..T-2 in fp32 and the labels they predict, flattened: ((N, V), (N,)). The slice is
+    not contiguous, so it is copied once, straight into fp32."""
+    return logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1)
+
+
+def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    return logits if temperature == 1 else logits / temperature  # (N, V): a pass over it saved at T = 1
 
 
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy over scored positions; ``logits`` (B, T, V), ``labels`` (B, T)."""
     flat_logits, flat_labels = _shifted(logits, labels)
-    return F.cross_entropy(flat_logits.float(), flat_labels, ignore_index=IGNORE)
+    return F.cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE)
 
 
 def teacher_targets(teacher: torch.Tensor, labels: torch.Tensor, *, temperature: float = 1.0) -> torch.Tensor:
@@ -24,7 +29,7 @@ def teacher_targets(teacher: torch.Tensor, labels: torch.Tensor, *, temperature:
     t, flat_labels = _shifted(teacher.detach(), labels)
     keep = flat_labels != IGNORE
     t = t if bool(keep.all()) else t[keep]  # boolean indexing copies (N, V): skip it when every position counts
-    return torch.softmax(t.float() / temperature, dim=-1)
+    return torch.softmax(_scaled(t, temperature), dim=-1)
 
 
 def distill_loss(student: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tensor, *,
@@ -40,7 +45,7 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor | None, labels: to
     s, flat_labels = _shifted(student, labels)
     keep = flat_labels != IGNORE
     s = s if bool(keep.all()) else s[keep]
-    log_p = torch.log_softmax(s.float() / temperature, dim=-1)
+    log_p = torch.log_softmax(_scaled(s, temperature), dim=-1)
     return -(targets * log_p).sum(-1).mean() * temperature ** 2
 
 

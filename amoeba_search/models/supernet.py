@@ -25,7 +25,20 @@ from transformers.models.llama.modeling_llama import eager_attention_forward
 from amoeba_search.models.config import check_supported
 from amoeba_search.shapes import ModelDims, SubnetShape
 
-_BASE_ATTENTION = {"sdpa": sdpa_attention_forward, "eager": eager_attention_forward}
+def _sdpa_fp32_backward_on_cpu(module, query, key, value, attention_mask, **kwargs):
+    """SDPA, but in fp32 where autograd will run PyTorch's CPU flash-attention backward in bf16/fp16, which is
+    about 2x slower than the fp32 one at these sizes (fine-tuning's forward + backward, (4, 9, 128, 64): 14 ms
+    in bf16 against 6.5 ms in fp32 on an AMX Xeon); inference keeps the faster 16-bit forward."""
+    if (query.device.type != "cpu" or query.dtype not in (torch.bfloat16, torch.float16)
+            or not torch.is_grad_enabled() or not any(t.requires_grad for t in (query, key, value))):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    mask = attention_mask.float() if attention_mask is not None and attention_mask.is_floating_point() else attention_mask
+    with torch.autocast("cpu", enabled=False):  # autocast would cast the inputs back to 16 bits
+        out, weights = sdpa_attention_forward(module, query.float(), key.float(), value.float(), mask, **kwargs)
+    return out.to(query.dtype), weights
+
+
+_BASE_ATTENTION = {"sdpa": _sdpa_fp32_backward_on_cpu, "eager": eager_attention_forward}
 
 
 def _rank_major(base):

@@ -108,3 +108,32 @@ def test_unsupported_family_is_refused():
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
     with pytest.raises(UnsupportedModelError, match="'gpt2' is not supported"):
         Supernet(model)
+
+
+def test_bf16_attention_runs_sdpa_in_fp32_only_when_autograd_will_run_its_backward(monkeypatch):
+    from amoeba_search.models import supernet as module
+
+    seen = []
+    original = module.sdpa_attention_forward
+
+    def spy(attn, query, key, value, mask, **kwargs):
+        seen.append((query.dtype, torch.is_autocast_enabled("cpu")))
+        return original(attn, query, key, value, mask, **kwargs)
+
+    monkeypatch.setattr(module, "sdpa_attention_forward", spy)
+    model = tiny_model("llama").to(torch.bfloat16)
+    supernet = Supernet(model)
+    x = _inputs()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        inference = supernet(x).logits.float()
+    assert {dtype for dtype, _ in seen} == {torch.bfloat16}  # inference keeps the 16-bit kernel
+    seen.clear()
+    model.model.embed_tokens.weight.requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        training = supernet(x).logits.float()
+    assert seen and all(dtype == torch.float32 and not autocast for dtype, autocast in seen)
+    training.sum().backward()
+    assert torch.isfinite(model.model.embed_tokens.weight.grad).all()
+    # the same attention in fp32 instead of bf16: the outputs agree to bf16's rounding of the logits
+    scale = inference.abs().max()
+    torch.testing.assert_close(training.detach(), inference, atol=float(scale) * 8 * 2.0 ** -8, rtol=0)
