@@ -128,6 +128,9 @@ CLAIMS = [
                               f"{d['finetuned_vs_raw']['raw_exhaustive_front_best']['19.1']:.1f} at 19.1 ms"),
     ("search.json", lambda d: f"({d['finetuned_vs_raw']['levels_where_finetuned_is_worse']} levels worse)"),
     *LATENCY_CLAIMS,
+    *[(name, lambda d: f"{d['summary']['one_worker_wall_s']:.1f} s | {d['summary']['shared_wall_s']:.1f} s | "
+                       f"{d['summary']['ratio_shared_to_one']:.3f} |")
+      for name in ("search-workers.json", "search-workers-postgres.json")],
 ]
 
 
