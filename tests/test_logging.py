@@ -140,13 +140,8 @@ def restore_logging():
 
 
 @pytest.fixture
-def select_inputs(tmp_path, monkeypatch):
-    from tests.conftest import tiny_model, tiny_tokenizer
-
+def select_inputs(model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("AMOEBA_CACHE", str(tmp_path / "cache"))
-    model_dir = tmp_path / "tiny"
-    tiny_model().save_pretrained(model_dir)
-    tiny_tokenizer().save_pretrained(model_dir)
     calib = tmp_path / "calib.txt"
     words = "river stone light cloud garden window paper music winter number".split()
     calib.write_text("\n\n".join(" ".join(words[(i * 3 + j) % 10] for j in range(50)) for i in range(40)))
