@@ -46,10 +46,10 @@ from amoeba_search.selection.depth_baselines import (angular_layers, drop_last_l
                                                      ppl_rank_layers, score_layer_sets, shortgpt_layers)
 from amoeba_search.selection.depth_dp import DPCheckpoint, depth_dp  # noqa: E402
 from amoeba_search.selection.objective import ModelObjective  # noqa: E402
-from amoeba_search.selection.pipeline import SelectionSettings, calibration_metric, select_strategy  # noqa: E402
+from amoeba_search.selection.pipeline import (SelectionSettings, calibration_metric, channel_means,  # noqa: E402
+                                              select_strategy)
 from amoeba_search.selection.strategy import SelectionStrategy  # noqa: E402
-from amoeba_search.selection.width import (add_output_biases, bias_compensation, channel_statistics,  # noqa: E402
-                                           importance_scores, orders_from_scores)
+from amoeba_search.selection.width import channel_statistics, importance_scores, orders_from_scores  # noqa: E402
 from amoeba_search.shapes import SubnetShape  # noqa: E402
 
 FFN_RATIOS = (0.875, 0.75, 0.625)
@@ -225,14 +225,13 @@ def main(argv=None) -> int:
             supernet.set_active(shape)
             results["width"][str(shape)][method] = heldout_ppl(supernet, sets, args.batch_size)
         if method == "flap":
-            for shape in shapes:
-                supernet.set_active(shape)
-                handles = add_output_biases(supernet, bias_compensation(supernet, stats, *orders["flap"], shape))
-                try:
+            supernet.set_channel_means(channel_means(stats))  # FLAP's bias at every reduced width
+            try:
+                for shape in shapes:
+                    supernet.set_active(shape)
                     results["width"][str(shape)]["flap+bias"] = heldout_ppl(supernet, sets, args.batch_size)
-                finally:
-                    for h in handles:
-                        h.remove()
+            finally:
+                supernet.set_channel_means(None)
         log(f"width {method}: " + ", ".join(f"{s} {results['width'][str(s)][method][next(iter(sets))]:.2f}"
                                             for s in shapes))
         save()

@@ -91,8 +91,8 @@ def calibration_metric(settings: SelectionSettings, tokenizer):
                                 batch_size=settings.batch_size)
 
 
-BIAS_NOT_STORED = ("not stored: LLaMA projections have no bias; "
-                   "amoeba_search.selection.width.bias_compensation computes it per width")
+BIAS_NOT_STORED = ("not stored: LLaMA projections have no bias; select with --bias-compensation to store "
+                   "the channel means that the supernet turns into a bias at every width")
 BIAS_STORED = ("stored as channel_means: at every reduced width the supernet adds the removed channels' mean "
                "output to down_proj / o_proj as a bias, and exports it as one")
 

@@ -2,10 +2,11 @@ import pytest
 import torch
 
 from amoeba_search.models.supernet import Supernet
-from amoeba_search.selection.width import (WIDTH_METRICS, add_output_biases, bias_compensation, channel_statistics,
-                                           importance_scores, orders_from_scores, width_orders)
+from amoeba_search.selection.width import (WIDTH_METRICS, channel_statistics, importance_scores, orders_from_scores,
+                                           width_orders)
 from amoeba_search.shapes import SubnetShape
 from tests.conftest import tiny_model
+from tests.selection.flap_bias_oracle import add_output_biases, bias_compensation
 
 
 def _batches(seed=0):
