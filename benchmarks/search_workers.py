@@ -48,6 +48,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -57,6 +58,14 @@ TARGET_RATIO = 0.6
 TIMED = ("oracle(sample) through SharedEvaluations (what run_job sets up and fit_or_load_predictor calls), from "
          "the barrier that every worker passes once its model is loaded and warmed up and the storage and the "
          "evaluations study are open, to the last worker holding every value of the sample")
+
+
+def _relative(value):
+    """A path inside the checkout as relative to it; anything else unchanged."""
+    if not isinstance(value, str) or not os.path.isabs(value):
+        return value
+    path = Path(value).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else value
 
 
 def _now() -> float:
@@ -87,7 +96,8 @@ def _real_oracle(config: dict):
         loaded.activate(space.largest())
         perplexity(loaded.supernet, blocks[:1], batch_size=1)
 
-    about = {"model": MODEL, "compute": session.compute.to_dict(), "artefacts": session.artefacts.to_dict(),
+    artefacts = {k: _relative(v) for k, v in session.artefacts.to_dict().items()}  # no checkout path in results
+    about = {"model": MODEL, "compute": session.compute.to_dict(), "artefacts": artefacts,
              "space_size": len(space), "tokens_per_evaluation": int(blocks.numel())}
     return oracle, space, warm_up, about
 
