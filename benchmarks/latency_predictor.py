@@ -539,7 +539,9 @@ def cross_flow(flows: dict, ks) -> dict:
                 source, here = LatencyTable.load(_abs(ra["table"])), LatencyTable.load(_abs(rb["table"]))
                 truth = truths(LatencyTable.load(_abs(rb["holdout_table"])), rb["holdout_shapes"])
                 out[f"{a}->{b}"] = {"source_table": ra["table"], "target_table": rb["table"],
+                                    "holdout_table": rb["holdout_table"], "holdout_shapes": len(truth),
                                     "machine": here.machine, "source_machine": source.machine,
+                                    "target_own_table": absolute_accuracy(here, truth),  # measuring every design shape
                                     **transfer_accuracy(source, here, truth, ks,
                                                         {"table": ra["table"], "machine": source.machine})}
             except (LatencyTableError, OSError) as exc:
@@ -551,6 +553,15 @@ def cross_flow(flows: dict, ks) -> dict:
 
 def _pct(score: dict) -> str:
     return f"{score['within_10pct'] * 100:.0f}% within ±10% (MAPE {score['mape_pct']}%)"
+
+
+def _pair_line(pair: str, t: dict) -> str:
+    """One line of a flow-to-flow transfer: its decode score per K, and the target flow's own table's."""
+    if "skipped" in t:
+        return f"{pair}: skipped: {t['skipped']}"
+    own = f"; {pair.split('->')[1]}'s own table: {_pct(t['target_own_table']['decode'])}"
+    return f"{pair}: " + ", ".join(f"K={k[1:]} decode {_pct(v['decode'])}" for k, v in t.items()
+                                   if k.startswith("k") and "decode" in v) + own
 
 
 def drift_main(args) -> int:
@@ -625,8 +636,7 @@ def drift_main(args) -> int:
         atomic_write_text(results_path, json.dumps(results, indent=2, default=str) + "\n")
     section["cross_flow_transfer"] = cross_flow(section["flows"], ks)
     for pair, t in section["cross_flow_transfer"].items():
-        print(f"{pair}: " + ("skipped: " + t["skipped"] if "skipped" in t else ", ".join(
-            f"K={k[1:]} decode {_pct(v['decode'])}" for k, v in t.items() if k.startswith("k") and "decode" in v)))
+        print(_pair_line(pair, t))
     atomic_write_text(results_path, json.dumps(results, indent=2, default=str) + "\n")
     print(f"results: {results_path} (key drift_cancelled)")
     return 0
@@ -642,30 +652,19 @@ def cross_flow_committed(args) -> int:
 
     ks = sorted({int(k) for k in args.anchors.split(",") if k.strip()})
     folder = args.profiles / COMMITTED_MODEL / args.device
-    found = {}
+    flows = {}  # in the form cross_flow reads drift_flow's results
     for name in [f.strip() for f in args.flows.split(",") if f.strip()]:
         table_path, holdout_path = folder / f"{name}.csv", args.results.parent / f"latency-{args.device}-{name}-holdout.csv"
-        if table_path.is_file() and holdout_path.is_file():
-            found[name] = (LatencyTable.load(table_path), LatencyTable.load(holdout_path), table_path, holdout_path)
-        else:
+        if not (table_path.is_file() and holdout_path.is_file()):
             print(f"{name}: skipped: {_rel(table_path)} or {_rel(holdout_path)} is missing", file=sys.stderr)
-    out = {}
-    for a, (source, _, source_path, _) in found.items():
-        for b, (here, holdout, here_path, holdout_path) in found.items():
-            if a == b or source.machine != here.machine:
-                continue
-            shapes = sorted(set(holdout.rows["shape"]) - set(here.rows["shape"]))
-            truth = truths(holdout, shapes)
-            out[f"{a}->{b}"] = {"source_table": _rel(source_path), "target_table": _rel(here_path),
-                                "holdout_table": _rel(holdout_path), "machine": here.machine, "holdout_shapes": len(truth),
-                                "anchors_from": "the target flow's committed table",
-                                "target_own_table": absolute_accuracy(here, truth),  # what measuring every design shape gives
-                                **transfer_accuracy(source, here, truth, ks, {"table": _rel(source_path),
-                                                                              "machine": source.machine})}
-            best = [f"K={k[1:]} decode {_pct(v['decode'])}" for k, v in out[f"{a}->{b}"].items()
-                    if k.startswith("k") and "decode" in v]
-            own = out[f"{a}->{b}"]["target_own_table"]["decode"]
-            print(f"{a}->{b} on {here.machine}: " + ", ".join(best) + f"; {b}'s own table: {_pct(own)}")
+            continue
+        table, holdout = LatencyTable.load(table_path), LatencyTable.load(holdout_path)
+        flows[name] = {"machine": {"slug": table.machine}, "settings": {}, "table": _rel(table_path),
+                       "holdout_table": _rel(holdout_path),
+                       "holdout_shapes": sorted(set(holdout.rows["shape"]) - set(table.rows["shape"]))}
+    out = cross_flow(flows, ks)
+    for pair, t in out.items():
+        print(_pair_line(pair, t))
     results = json.loads(args.results.read_text()) if args.results.exists() else {}
     results.setdefault("drift_cancelled", {})["cross_flow_transfer_committed"] = {
         "claim": "one flow's table turned into another flow's with K <= 5 anchors measured in that flow: within "
