@@ -258,10 +258,12 @@ def _explain(why: dict | None, summary: dict, args) -> list[str]:
     budget, unit = _budget(args)
     if why is None:
         return [f"best: none: no usable shape within {budget:g} {unit} (raise the budget or --max-metric)"]
-    cost = "latency_ms" if unit == "ms" else f"energy_{unit.lower()}"
+    from amoeba_search.search.job import cost_key
+
+    cost, margin = cost_key("latency_ms", unit), cost_key("budget_margin_ms", unit)
     source = "verified" if why["verified"] else "predicted"
     lines = [f"best: {why['shape']}: metric {why['metric']:.4g}, {why[cost]:.1f} {unit} ({source}), "
-             f"{why[f'budget_margin_{unit.lower()}']:.1f} {unit} ({why['budget_margin_pct']:.0f}%) inside the budget"]
+             f"{why[margin]:.1f} {unit} ({why['budget_margin_pct']:.0f}%) inside the budget"]
     if "speedup_vs_full" in why:
         lines.append(f"  against the full model {why['full_model']}: {why['speedup_vs_full']:.2f}x faster on the "
                      f"table, metric {why['metric_change_vs_full_pct']:+.1f}%")

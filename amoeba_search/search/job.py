@@ -200,7 +200,7 @@ class JobResult:
         key = COSTS[self.cost_unit]["key"]
         front, explanation = self.front_records(), self.explanation()
         if key != "ms":  # an energy search: its cost keys say so
-            front, explanation = _energy_keys(front, key), _energy_keys(explanation, key)
+            front, explanation = _energy_keys(front, self.cost_unit), _energy_keys(explanation, self.cost_unit)
         return {"settings": self.settings, f"budget_{key}": self.result.budget_ms, "budget_unit": self.cost_unit,
                 "budget_warning": self.budget_warning,
                 "memory_budget_mb": self.result.memory_budget_mb, "method": self.result.method,
@@ -213,17 +213,25 @@ class JobResult:
                 "seconds": self.seconds}
 
 
-def _energy_keys(value, key: str):
-    """``value`` (a record, a list of them or None) with its cost keys named for energy: ``latency_ms`` becomes
-    ``energy_<key>``, ``budget_ms`` ``budget_<key>``, ``budget_margin_ms`` ``budget_margin_<key>``, and the
-    full model's ``speedup_vs_full`` ``energy_ratio_vs_full``."""
-    if isinstance(value, list):
-        return [_energy_keys(v, key) for v in value]
-    if not isinstance(value, dict):
-        return value
+def cost_key(name: str, unit: str) -> str:
+    """What a search in ``unit`` (a key of :data:`COSTS`) calls the output key ``name`` of a latency search: in
+    mJ, ``latency_ms`` is ``energy_mj``, ``budget_ms`` ``budget_mj``, ``budget_margin_ms`` ``budget_margin_mj``
+    and the full model's ``speedup_vs_full`` ``energy_ratio_vs_full``; other keys keep their names."""
+    key = COSTS[unit]["key"]
+    if key == "ms":
+        return name
     names = {"budget_ms": f"budget_{key}", "budget_margin_ms": f"budget_margin_{key}",
              "speedup_vs_full": "energy_ratio_vs_full"}
-    return {names.get(k, k.replace("latency_ms", f"energy_{key}")): _energy_keys(v, key) for k, v in value.items()}
+    return names.get(name, name.replace("latency_ms", f"energy_{key}"))
+
+
+def _energy_keys(value, unit: str):
+    """``value`` (a record, a list of them or None) with every key named by :func:`cost_key`."""
+    if isinstance(value, list):
+        return [_energy_keys(v, unit) for v in value]
+    if not isinstance(value, dict):
+        return value
+    return {cost_key(k, unit): _energy_keys(v, unit) for k, v in value.items()}
 
 
 def run_job(space: SearchSpace, oracle: MetricOracle, latency_fn: Callable[[SubnetShape], float], *,
