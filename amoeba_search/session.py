@@ -2,6 +2,8 @@
 commands assemble from it. The commands parse flags, call these and print; a Python user calls the same
 functions and gets the same result.
 
+- the model: ``open_supernet`` (a model with a strategy and an adapter, as given) and ``open_session`` (with
+  the model's defaults resolved and the device and dtype chosen)
 - artefacts: the default strategy and adapter of the model (``resolve_artefacts``; committed files of the
   default model, nothing for any other)
 - compute: the device and dtype (``resolve_compute``)
@@ -13,6 +15,7 @@ functions and gets the same result.
   files are only read) and the study tag (``study_tag``)
 
 >>> loaded = open_session("smollm2-135m").loaded            # default strategy and adapter, auto device/dtype
+>>> loaded = open_supernet("smollm2-135m", "strategy.json", adapter="out/ft/adapter")  # exactly these files
 >>> summary = finetune(loaded, load_training_data("wiki", loaded.tokenizer, seq_len=128), "out/ft")
 """
 from __future__ import annotations
@@ -24,17 +27,22 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from amoeba_search.defaults import Artefacts, committed_dir, resolve_artefacts
 from amoeba_search.resources import is_committed
+
+if TYPE_CHECKING:  # torch and the model stack load only when a model is opened
+    import torch
+
+    from amoeba_search.models.session import LoadedSupernet
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Artefacts", "Costs", "Session", "TableChoice", "adapter_config", "cost_label", "defaults_for",
            "finetune", "finetune_space", "latency_model", "memory_budget", "new_adapter", "open_session",
-           "predictor_path", "resolve_artefacts", "resolve_compute", "resolve_table", "seed_everything",
-           "study_tag", "table_location"]
+           "open_supernet", "predictor_path", "resolve_artefacts", "resolve_compute", "resolve_table",
+           "seed_everything", "study_tag", "table_location"]
 
 
 def resolve_compute(device: str = "auto", dtype: str = "auto", *, rank: int = 0, allow_slow: bool = False):
@@ -66,7 +74,7 @@ def seed_everything(seed: int) -> None:
 class Session:
     """A model opened with its artefacts on a resolved device and dtype."""
 
-    loaded: Any  # models.session.LoadedSupernet
+    loaded: Any  # models.session.LoadedSupernet (from open_supernet)
     artefacts: Artefacts
     compute: Any  # compute.Compute
 
@@ -74,12 +82,53 @@ class Session:
         return f"{self.compute.describe()}; {self.artefacts.describe()}"
 
 
+def open_supernet(spec: str = "smollm2-135m", strategy: str | Path | None = None,
+                  adapter: str | Path | None = None, *, dtype=None,
+                  device: str | torch.device = "cpu", device_map: str | dict | None = None,
+                  max_memory: dict | None = None) -> LoadedSupernet:
+    """Load ``spec`` in ``dtype`` on ``device`` (or spread by ``device_map``), check ``strategy`` was made for
+    it, order widths by the strategy's importance (and turn on bias compensation when the strategy stores
+    channel means) and, with ``adapter`` (an amoeba-finetune output), add the fine-tuned SMoL adapter to every
+    forward pass. ``dtype``: a torch dtype (default float32)."""
+    import torch
+
+    from amoeba_search.finetune.smol import SMoLAdapter
+    from amoeba_search.fingerprint import model_fingerprint
+    from amoeba_search.models.loading import ALIASES, load_model
+    from amoeba_search.models.session import LoadedSupernet
+    from amoeba_search.models.supernet import Supernet
+    from amoeba_search.strategy import SelectionStrategy
+
+    dtype = torch.float32 if dtype is None else dtype
+    chosen = None if strategy is None else SelectionStrategy.load(strategy)  # fail fast, before the weights
+    model, tokenizer = load_model(spec, dtype=dtype, device=device, device_map=device_map, max_memory=max_memory)
+    fingerprint = model_fingerprint(model, name=spec)
+    if chosen is not None:
+        chosen.check_model(fingerprint)
+    supernet = Supernet(model,
+                        ffn_orders=chosen.ffn_orders if chosen else None,
+                        head_orders=chosen.head_orders if chosen else None,
+                        channel_means=chosen.channel_means if chosen else None)
+    provenance = {"source_model": spec, "source_fingerprint": fingerprint}
+    if strategy is not None:
+        provenance["strategy"] = str(strategy)
+    if spec in ALIASES:
+        provenance["source_gguf"] = str(ALIASES[spec].path())
+    elif str(spec).endswith(".gguf"):
+        provenance["source_gguf"] = str(Path(spec).expanduser().resolve())
+    loaded = LoadedSupernet(spec, supernet, tokenizer, fingerprint, chosen,
+                            None if strategy is None else str(strategy), provenance)
+    if adapter is not None:
+        loaded.adapter = SMoLAdapter.load(adapter, supernet).attach().eval()
+        loaded.provenance["adapter"] = str(adapter)
+    logger.info("loaded %s (%s on %s), strategy %s, adapter %s", spec, dtype, device, strategy, adapter)
+    return loaded
+
+
 def open_session(model: str = "smollm2-135m", strategy=None, adapter=None, *, no_adapter: bool = False,
                  device: str = "auto", dtype: str = "auto", rank: int = 0, **load_options) -> Session:
     """Open ``model`` with ``strategy`` and ``adapter`` (default: :func:`defaults_for`) on ``device`` in
     ``dtype`` (``"auto"``: see :mod:`amoeba_search.compute`); ``load_options`` go to ``open_supernet``."""
-    from amoeba_search.models.session import open_supernet
-
     artefacts = resolve_artefacts(model, strategy, adapter, no_adapter=no_adapter)
     compute = resolve_compute(device, dtype, rank=rank)
     loaded = open_supernet(model, artefacts.strategy, adapter=artefacts.adapter, dtype=compute.dtype,

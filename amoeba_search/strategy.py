@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from amoeba_search.models.fingerprint import WEIGHT_KEYS, same_weights
+from amoeba_search.fingerprint import WEIGHT_KEYS, same_weights
 from amoeba_search.paths import atomic_write_text
 from amoeba_search.shapes import SubnetShape
 

@@ -32,9 +32,9 @@ from amoeba_search.data import token_blocks  # noqa: E402
 from amoeba_search.evaluation.perplexity import perplexity  # noqa: E402
 from amoeba_search.finetune.smol import SMoLAdapter  # noqa: E402
 from amoeba_search.finetune.trainer import read_log  # noqa: E402
-from amoeba_search.models.session import open_supernet  # noqa: E402
 from amoeba_search.paths import atomic_dir, atomic_write_text  # noqa: E402
 from amoeba_search.profiling.machine import detect_machine  # noqa: E402
+from amoeba_search.session import open_supernet  # noqa: E402
 from amoeba_search.shapes import SubnetShape  # noqa: E402
 
 SHAPES = ("d30-f1-h1", "d26-f0.875-h1", "d22-f0.75-h0.667", "d18-f0.625-h0.667", "d15-f0.5-h0.333")

@@ -76,7 +76,7 @@ def main() -> None:
 
     from amoeba_search.evaluation.bigbench import prepare_tasks, task_names
     from amoeba_search.evaluation.harness import evaluate_tasks
-    from amoeba_search.models.session import open_supernet
+    from amoeba_search.session import open_supernet
     from amoeba_search.shapes import SubnetShape
 
     started = time.perf_counter()

@@ -35,7 +35,7 @@ def main() -> None:
 
     from amoeba_search.models.export import export_subnet
     from amoeba_search.models.loading import load_model
-    from amoeba_search.models.session import open_supernet
+    from amoeba_search.session import open_supernet
     from amoeba_search.shapes import SubnetShape
 
     _, cold = timed(lambda: load_model("smollm2-135m"))

@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT))
 from amoeba_search.data import token_blocks  # noqa: E402
 from amoeba_search.evaluation.perplexity import perplexity  # noqa: E402
 from amoeba_search.finetune.smol import SMoLAdapter  # noqa: E402
-from amoeba_search.models.session import open_supernet  # noqa: E402
 from amoeba_search.paths import atomic_write_text  # noqa: E402
+from amoeba_search.session import open_supernet  # noqa: E402
 from amoeba_search.shapes import SubnetShape  # noqa: E402
 
 FULL = "smol"

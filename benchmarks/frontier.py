@@ -56,10 +56,10 @@ from amoeba_search.finetune.data import text_data  # noqa: E402
 from amoeba_search.finetune.smol import SMoLAdapter, SMoLConfig, default_rank  # noqa: E402
 from amoeba_search.finetune.trainer import Trainer, TrainConfig, read_log  # noqa: E402
 from amoeba_search.models.footprint import param_count  # noqa: E402
-from amoeba_search.models.session import open_supernet  # noqa: E402
 from amoeba_search.paths import atomic_write_text  # noqa: E402
 from amoeba_search.profiling.lut import LatencyTable  # noqa: E402
 from amoeba_search.profiling.machine import detect_machine  # noqa: E402
+from amoeba_search.session import open_supernet  # noqa: E402
 from amoeba_search.shapes import SearchSpace, SubnetShape  # noqa: E402
 
 PROFILE = ROOT / "profiles" / "smollm2-135m"

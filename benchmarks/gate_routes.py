@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from amoeba_search.finetune.smol import ADAPTER_CONFIG, ADAPTER_WEIGHTS, SMoLAdapter, SMoLConfig  # noqa: E402
-from amoeba_search.models.session import open_supernet  # noqa: E402
 from amoeba_search.paths import atomic_write_text  # noqa: E402
+from amoeba_search.session import open_supernet  # noqa: E402
 
 SHAPES = ("d30-f1-h1", "d26-f0.875-h1", "d22-f0.75-h0.667", "d18-f0.625-h0.667", "d15-f0.5-h0.333")
 

@@ -503,7 +503,7 @@ def finetune_once(spec: dict, device, run_dir: Path) -> dict:
     from amoeba_search.finetune.data import TrainingData
     from amoeba_search.finetune.smol import SMoLAdapter, SMoLConfig, default_rank
     from amoeba_search.finetune.trainer import TrainConfig, Trainer
-    from amoeba_search.models.fingerprint import model_fingerprint
+    from amoeba_search.fingerprint import model_fingerprint
     from amoeba_search.models.session import LoadedSupernet
     from amoeba_search.models.supernet import Supernet
     from amoeba_search.selection.strategy import SelectionStrategy

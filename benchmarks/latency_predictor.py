@@ -152,9 +152,11 @@ def _flow_settings(name, args, spec, machine):
 
 def run_flow(name, args, spec, machine, source):
     from amoeba_search.profiling import model_slug
-    from amoeba_search.profiling.lut import METHODS, LatencyTable, LatencyTableError
+    from amoeba_search.profiling.latency_model import METHODS
+    from amoeba_search.profiling.lut import LatencyTable
     from amoeba_search.profiling.profiler import PlannedShape, ProfileRequest, random_holdout
     from amoeba_search.profiling.roofline import weight_bytes_per_token
+    from amoeba_search.profiling.table_schema import LatencyTableError
     from amoeba_search.shapes import SearchSpace, SubnetShape
 
     flow, settings, suffix = _flow_settings(name, args, spec, machine)
@@ -301,7 +303,8 @@ def truths(holdout, shapes):
 
 def ratio_accuracy(table, truth) -> dict:
     """Predicted ratio to the reference (``predict_relative``) against the measured ratio, per metric."""
-    from amoeba_search.profiling.lut import METHODS, LatencyTableError
+    from amoeba_search.profiling.latency_model import METHODS
+    from amoeba_search.profiling.table_schema import LatencyTableError
 
     out = {}
     for metric in ("decode", "prefill"):
@@ -361,7 +364,8 @@ def transfer_accuracy(source, here, truth, ks, provenance: dict, reference=None,
     measured here), with the library's correction; scored on the held-out ``truth`` (measured ms), and, given
     the ``reference`` shape of drift-cancelled truths, on their decode ratio to it (alone, and times
     ``reference_now_ms``)."""
-    from amoeba_search.profiling.lut import COLUMNS, LatencyTable, append_row
+    from amoeba_search.profiling.lut import LatencyTable
+    from amoeba_search.profiling.table_schema import COLUMNS, append_row
     from amoeba_search.profiling.transfer import TRANSFER_METRICS, choose_anchors, source_latencies, transfer_rows
 
     there = source_latencies(source, "decode")
@@ -413,8 +417,9 @@ def _transfer_met(transfer: dict, metric: str = "decode") -> bool:
 
 def drift_flow(name, args, spec, machine, source, csv_dir: Path, ks):
     from amoeba_search.profiling import model_slug
-    from amoeba_search.profiling.lut import LatencyTable, LatencyTableError
+    from amoeba_search.profiling.lut import LatencyTable
     from amoeba_search.profiling.profiler import PlannedShape, ProfileRequest, random_holdout
+    from amoeba_search.profiling.table_schema import LatencyTableError
     from amoeba_search.shapes import SearchSpace, SubnetShape
 
     flow, settings, suffix = _flow_settings(name, args, spec, machine)
@@ -525,7 +530,8 @@ def drift_flow(name, args, spec, machine, source, csv_dir: Path, ks):
 def cross_flow(flows: dict, ks) -> dict:
     """Transfer from one flow's table measured here to another's (e.g. torch -> llamacpp), for every pair of
     flows measured on this same kind of machine with the same prompt and context lengths."""
-    from amoeba_search.profiling.lut import LatencyTable, LatencyTableError
+    from amoeba_search.profiling.lut import LatencyTable
+    from amoeba_search.profiling.table_schema import LatencyTableError
 
     done = {n: r for n, r in flows.items() if "skipped" not in r}
     same = ("prompt_len", "context_len", "threads", "smoke")

@@ -37,12 +37,12 @@ from amoeba_search.evaluation.perplexity import perplexity  # noqa: E402
 from amoeba_search.finetune.data import load_training_data  # noqa: E402
 from amoeba_search.finetune.smol import SMoLAdapter, SMoLConfig, default_rank  # noqa: E402
 from amoeba_search.finetune.trainer import Trainer, TrainConfig, read_log  # noqa: E402
-from amoeba_search.models.session import open_supernet  # noqa: E402
 from amoeba_search.paths import atomic_write_text  # noqa: E402
 from amoeba_search.profiling.machine import detect_machine  # noqa: E402
 from amoeba_search.selection.calibration import PerplexityMetric, spread_blocks  # noqa: E402
 from amoeba_search.selection.depth_dp import depth_dp  # noqa: E402
 from amoeba_search.selection.objective import ModelObjective  # noqa: E402
+from amoeba_search.session import open_supernet  # noqa: E402
 from amoeba_search.shapes import SubnetShape  # noqa: E402
 
 DTYPES = (torch.float32, torch.bfloat16)

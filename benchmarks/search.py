@@ -49,13 +49,13 @@ def main() -> None:
 
     from amoeba_search.cli._common import quiet_libraries
     from amoeba_search.data import token_blocks
-    from amoeba_search.models.session import open_supernet
     from amoeba_search.profiling.lut import LatencyTable
     from amoeba_search.profiling.remeasure import latency_meter
     from amoeba_search.search.job import run_job
     from amoeba_search.search.oracle import MetricOracle, perplexity_oracle
     from amoeba_search.search.pareto import hypervolume_2d
     from amoeba_search.search.search import Point, feasible_front, search
+    from amoeba_search.session import open_supernet
 
     from amoeba_search.compute import resolve_compute
     from amoeba_search.paths import atomic_write_text

@@ -39,7 +39,6 @@ sys.path.insert(0, str(ROOT))
 from amoeba_search.cli.select import canonical_command, checkpoint_path  # noqa: E402
 from amoeba_search.data import token_blocks  # noqa: E402
 from amoeba_search.evaluation.perplexity import perplexity  # noqa: E402
-from amoeba_search.models.session import open_supernet  # noqa: E402
 from amoeba_search.paths import atomic_write_text  # noqa: E402
 from amoeba_search.selection.calibration import spread_blocks  # noqa: E402
 from amoeba_search.selection.depth_baselines import (angular_layers, drop_last_layers, hidden_similarity,  # noqa: E402
@@ -50,6 +49,7 @@ from amoeba_search.selection.pipeline import (SelectionSettings, calibration_met
                                               select_strategy)
 from amoeba_search.selection.strategy import SelectionStrategy  # noqa: E402
 from amoeba_search.selection.width import channel_statistics, importance_scores, orders_from_scores  # noqa: E402
+from amoeba_search.session import open_supernet  # noqa: E402
 from amoeba_search.shapes import SubnetShape  # noqa: E402
 
 FFN_RATIOS = (0.875, 0.75, 0.625)

@@ -18,7 +18,7 @@ MODEL = "smollm2-135m"
 
 @pytest.fixture(scope="module")
 def loaded():
-    from amoeba_search.models.session import open_supernet
+    from amoeba_search.session import open_supernet
 
     return open_supernet(MODEL, committed_strategy(MODEL), committed_adapter(MODEL))  # fp32, as it was scored
 

@@ -10,7 +10,7 @@ import torch
 
 from amoeba_search.data import Document, token_blocks
 from amoeba_search.paths import atomic_dir, atomic_file, atomic_write_bytes, atomic_write_text, cache_dir
-from amoeba_search.profiling.lut import drop_partial_last_line
+from amoeba_search.profiling.table_schema import drop_partial_last_line
 
 from tests.conftest import tiny_model, tiny_tokenizer
 

@@ -12,12 +12,13 @@ from transformers import AutoModelForCausalLM
 
 from amoeba_search.finetune.smol import SMoLAdapter, SMoLConfig
 from amoeba_search.finetune.trainer import Trainer, TrainConfig
+from amoeba_search.fingerprint import model_fingerprint
 from amoeba_search.models.export import export_subnet
-from amoeba_search.models.fingerprint import model_fingerprint
 from amoeba_search.models.loading import DevicePlanError, check_device_map, load_config
-from amoeba_search.models.session import LoadedSupernet, open_supernet
+from amoeba_search.models.session import LoadedSupernet
 from amoeba_search.models.supernet import Supernet
 from amoeba_search.selection.strategy import SelectionStrategy, StrategyMismatchError
+from amoeba_search.session import open_supernet
 from amoeba_search.shapes import SubnetShape
 from tests.conftest import tiny_model, tiny_tokenizer
 from tests.finetune.helpers import DEPTH_LAYERS, tiny_data, tiny_space

@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.slow,
 
 @pytest.fixture(scope="module")
 def loaded():
-    from amoeba_search.models.session import open_supernet
+    from amoeba_search.session import open_supernet
 
     return open_supernet("smollm2-135m")
 
@@ -46,7 +46,7 @@ def test_export_round_trip(wiki_blocks, tmp_path):
     """The export computes exactly what the view computes: both in fp64, so that only summation order differs
     (fp32 differences depend on the CPU's kernels: 2.2e-4 on a Xeon with AMX, under 1e-4 on an EPYC)."""
     from amoeba_search.models.export import export_subnet
-    from amoeba_search.models.session import open_supernet
+    from amoeba_search.session import open_supernet
     from amoeba_search.shapes import SubnetShape
 
     loaded = open_supernet("smollm2-135m", dtype=torch.float64)
@@ -71,7 +71,7 @@ def test_finetune_step_and_merged_export_on_the_real_model(wiki_blocks, tmp_path
     from amoeba_search.finetune.data import TrainingData
     from amoeba_search.finetune.smol import SMoLAdapter, SMoLConfig
     from amoeba_search.finetune.trainer import Trainer, TrainConfig, read_log
-    from amoeba_search.models.session import open_supernet
+    from amoeba_search.session import open_supernet
 
     strategy = Path(__file__).resolve().parents[1] / "profiles" / "smollm2-135m" / "strategy.json"
     loaded = open_supernet("smollm2-135m", strategy)

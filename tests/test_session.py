@@ -61,8 +61,8 @@ def test_library_finetune_centres_the_gate_exactly_as_the_cli(tmp_path):
     from amoeba_search.finetune.data import load_training_data
     from amoeba_search.finetune.smol import SMoLAdapter
     from amoeba_search.finetune.trainer import TrainConfig
-    from amoeba_search.models.fingerprint import model_fingerprint
-    from amoeba_search.models.session import open_supernet
+    from amoeba_search.fingerprint import model_fingerprint
+    from amoeba_search.session import open_supernet
     from amoeba_search.strategy import SelectionStrategy
 
     model_dir = tmp_path / "tiny"

@@ -157,7 +157,7 @@ def _open(args, used, layers, options):
 
         model, tokenizer = load_model(args.model, **options)
         return model, tokenizer, None
-    from amoeba_search.models.session import open_supernet
+    from amoeba_search.session import open_supernet
 
     loaded = open_supernet(args.model, used.strategy, adapter=used.adapter, **options)
     shape = shape or loaded.supernet.full_shape()

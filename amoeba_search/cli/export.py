@@ -48,8 +48,8 @@ def main(argv=None) -> int:
         from amoeba_search.compute import dtype_name, parse_device, parse_dtype
         from amoeba_search.models.export import check_gguf_type
         from amoeba_search.models.loading import stored_dtype
-        from amoeba_search.models.session import open_supernet
         from amoeba_search.quality import parse_floor
+        from amoeba_search.session import open_supernet
         from amoeba_search.shapes import SubnetShape
 
         shape = SubnetShape.parse(args.shape)

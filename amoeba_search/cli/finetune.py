@@ -82,8 +82,7 @@ def main(argv=None) -> int:
         from amoeba_search.distributed import init_distributed
         from amoeba_search.finetune.data import load_training_data
         from amoeba_search.finetune.trainer import TrainConfig
-        from amoeba_search.models.session import open_supernet
-        from amoeba_search.session import adapter_config, finetune, finetune_space
+        from amoeba_search.session import adapter_config, finetune, finetune_space, open_supernet
 
         train = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
                             warmup_steps=args.warmup_steps, num_random=args.random_shapes,

@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     def body():
         from amoeba_search.data import token_blocks
         from amoeba_search.evaluation.perplexity import perplexity
-        from amoeba_search.models.session import open_supernet
+        from amoeba_search.session import open_supernet
         from amoeba_search.shapes import SubnetShape
 
         compute = compute_of(args)

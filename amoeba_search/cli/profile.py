@@ -315,7 +315,8 @@ def _check_not_transferred(out: Path) -> None:
 def _write_transfer(source_table, request, plan, kind: str) -> dict:
     """Append the transferred rows (the source's shapes, corrected by the anchors measured here) to the new table
     and write its evaluation (returns its path)."""
-    from amoeba_search.profiling.lut import LatencyTable, append_row
+    from amoeba_search.profiling.lut import LatencyTable
+    from amoeba_search.profiling.table_schema import append_row
     from amoeba_search.profiling.transfer import TRANSFER_METRICS, source_latencies, transfer_rows
 
     here = {m: source_latencies(LatencyTable.load(request.out), m) for m in TRANSFER_METRICS}

@@ -115,13 +115,12 @@ def main(argv=None) -> int:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # the CLI's choice; the library leaves it alone
         from amoeba_search.data import token_blocks
-        from amoeba_search.models.session import open_supernet
         from amoeba_search.profiling.remeasure import latency_meter
         from amoeba_search.quality import parse_floor
         from amoeba_search.search.job import run_job, write_outputs
         from amoeba_search.search.oracle import check_objective, perplexity_oracle, task_oracle
-        from amoeba_search.session import (cost_label, latency_model, memory_budget, predictor_path, resolve_table,
-                                           study_tag)
+        from amoeba_search.session import (cost_label, latency_model, memory_budget, open_supernet, predictor_path,
+                                           resolve_table, study_tag)
 
         if args.dry_run:
             return _dry_run(args)

@@ -83,8 +83,8 @@ def main(argv=None) -> int:
 
     def body():
         from amoeba_search.distributed import init_distributed
-        from amoeba_search.models.session import open_supernet
         from amoeba_search.selection.pipeline import SelectionSettings, select_strategy
+        from amoeba_search.session import open_supernet
 
         if args.dry_run:
             return _dry_run(args)

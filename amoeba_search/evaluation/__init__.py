@@ -12,12 +12,14 @@ import importlib
 import sys
 import types
 
-# name -> submodule; imported on first use, so ``import amoeba_search.evaluation`` does not pull in torch
+_MC = "amoeba_search.data.multiple_choice"
+
+# name -> submodule (or a module outside the package); imported on first use, so ``import amoeba_search.evaluation`` does not pull in torch
 _EXPORTS = {
     "TaskUnavailable": "harness", "evaluate_tasks": "harness", "hub_offline": "harness", "resolve_tasks": "harness",
-    "MCItem": "local_tasks", "TaskFileError": "local_tasks", "local_task_names": "local_tasks",
-    "random_baseline": "local_tasks", "read_task_file": "local_tasks", "task_items": "local_tasks",
-    "write_task_file": "local_tasks",
+    "local_task_names": "local_tasks", "random_baseline": "local_tasks", "task_items": "local_tasks",
+    # the multiple-choice format lives below every stage (stage 1 calibrates on it too)
+    "MCItem": _MC, "TaskFileError": _MC, "read_task_file": _MC, "write_task_file": _MC,
     "Perplexity": "perplexity", "perplexity": "perplexity", "sliding_windows": "perplexity",
     "merge_eval_file": "records", "merge_eval_record": "records",
 }
@@ -30,7 +32,8 @@ __all__ = ["MCItem", "Perplexity", "TaskFileError", "TaskUnavailable", "evaluate
 def __getattr__(name: str):
     if name not in _EXPORTS:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    module = _EXPORTS[name]
+    value = getattr(importlib.import_module(module if "." in module else f"{__name__}.{module}"), name)
     globals()[name] = value  # later lookups skip this function
     return value
 

@@ -27,9 +27,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from amoeba_search.data.multiple_choice import MCItem, check_row, write_task_file
 from amoeba_search.errors import MissingDependency, UnknownNameError
-from amoeba_search.evaluation.local_tasks import (CALIB_SUFFIX, TASK_PREFIX, MCItem, check_row, file_sha256,
-                                                  random_baseline, tasks_dir, write_lm_eval_yaml, write_task_file)
+from amoeba_search.evaluation.local_tasks import (CALIB_SUFFIX, TASK_PREFIX, file_sha256, random_baseline, tasks_dir,
+                                                  write_lm_eval_yaml)
 from amoeba_search.paths import atomic_write_text
 
 logger = logging.getLogger(__name__)

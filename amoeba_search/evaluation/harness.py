@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from amoeba_search.data.multiple_choice import read_task_file
 from amoeba_search.errors import AmoebaError, UnknownNameError
 from amoeba_search.evaluation import local_tasks
 from amoeba_search.shapes import ModelDims, SubnetShape
@@ -75,7 +76,7 @@ def resolve_tasks(tasks: str | Sequence[str], *, task_dir: str | Path | None = N
             continue
         path = local_tasks.task_file(name, task_dir)
         if path is not None:
-            local_tasks.read_task_file(path)  # a malformed row fails here, named, not deep inside lm-eval
+            read_task_file(path)  # a malformed row fails here, named, not deep inside lm-eval
             out.append(TaskRequest(local_tasks.task_name(name), "local", path=path))
             continue
         if name.startswith(local_tasks.TASK_PREFIX):

@@ -1,21 +1,15 @@
-"""One call from a model spec (and optionally a strategy file) to a ready supernet: what every command needs."""
+"""A supernet ready to run: the model with its selection strategy and, when fine-tuned, its attached adapter.
+
+:func:`amoeba_search.session.open_supernet` builds one from a model spec, a strategy file and an adapter directory."""
 from __future__ import annotations
 
 import contextlib
-import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import torch
-
-from amoeba_search.models.fingerprint import model_fingerprint
-from amoeba_search.models.loading import ALIASES, DEFAULT_MODEL, load_model
 from amoeba_search.models.supernet import Supernet
-from amoeba_search.strategy import SelectionStrategy
 from amoeba_search.shapes import SearchSpace, SubnetShape
-
-logger = logging.getLogger(__name__)
+from amoeba_search.strategy import SelectionStrategy
 
 
 @dataclass
@@ -61,38 +55,3 @@ class LoadedSupernet:
         with merged:
             return export_subnet(self.supernet, shape, out_dir, layers=layers, tokenizer=self.tokenizer,
                                  provenance=provenance, **kwargs)
-
-
-def open_supernet(spec: str = DEFAULT_MODEL, strategy: str | Path | None = None,
-                  adapter: str | Path | None = None, *, dtype: torch.dtype = torch.float32,
-                  device: str | torch.device = "cpu", device_map: str | dict | None = None,
-                  max_memory: dict | None = None) -> LoadedSupernet:
-    """Load ``spec`` in ``dtype`` on ``device`` (or spread by ``device_map``), check ``strategy`` was made for
-    it, order widths by the strategy's importance (and turn on bias compensation when the strategy stores
-    channel means) and, with ``adapter`` (an amoeba-finetune output), add the fine-tuned SMoL adapter to every
-    forward pass."""
-    chosen = None if strategy is None else SelectionStrategy.load(strategy)  # fail fast, before the weights
-    model, tokenizer = load_model(spec, dtype=dtype, device=device, device_map=device_map, max_memory=max_memory)
-    fingerprint = model_fingerprint(model, name=spec)
-    if chosen is not None:
-        chosen.check_model(fingerprint)
-    supernet = Supernet(model,
-                        ffn_orders=chosen.ffn_orders if chosen else None,
-                        head_orders=chosen.head_orders if chosen else None,
-                        channel_means=chosen.channel_means if chosen else None)
-    provenance = {"source_model": spec, "source_fingerprint": fingerprint}
-    if strategy is not None:
-        provenance["strategy"] = str(strategy)
-    if spec in ALIASES:
-        provenance["source_gguf"] = str(ALIASES[spec].path())
-    elif str(spec).endswith(".gguf"):
-        provenance["source_gguf"] = str(Path(spec).expanduser().resolve())
-    loaded = LoadedSupernet(spec, supernet, tokenizer, fingerprint, chosen,
-                            None if strategy is None else str(strategy), provenance)
-    if adapter is not None:
-        from amoeba_search.finetune.smol import SMoLAdapter
-
-        loaded.adapter = SMoLAdapter.load(adapter, supernet).attach().eval()
-        loaded.provenance["adapter"] = str(adapter)
-    logger.info("loaded %s (%s on %s), strategy %s, adapter %s", spec, dtype, device, strategy, adapter)
-    return loaded

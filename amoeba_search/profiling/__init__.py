@@ -2,8 +2,9 @@
 
 Modules: ``devices`` (registry of spec sheets), ``machine`` (what this machine is), ``telemetry`` (power
 sampling), ``flows`` (one plugin per deployment flow), ``model_source`` (config and random-weight
-checkpoints of subnets), ``profiler`` (design of shapes, measure loop, resume), ``lut`` (table schema,
-``LatencyTable`` and its predictor), ``roofline`` (labelled estimates from a spec sheet).
+checkpoints of subnets), ``profiler`` (design of shapes, measure loop, resume), ``table_schema`` (the table's CSV
+columns, crash-safe appends, validation), ``latency_model`` (the fits), ``lut`` (``LatencyTable``: a validated
+table and its chosen latency model), ``roofline`` (labelled estimates from a spec sheet).
 
 Where latency tables live (one rule for amoeba-profile, amoeba-search and the notebooks, see
 :func:`table_path`): ``<profiles>/<model>/<device>/<flow>.csv``, its ``<flow>.eval.json`` and the device's

@@ -1,315 +1,25 @@
-"""Latency lookup tables: the CSV schema, loading with validation, and the latency predictor.
+"""The latency lookup table: a validated CSV of measured shapes and the latency model fitted from it.
 
-One table = one device, machine, flow (with its options), dtype, batch, prompt and context length and
-model; one row per measured shape. Latency is modelled as a fixed part plus ``depth`` times a per-layer
-part that depends on the width (FFN ratio, heads ratio):
-
-- ``per-width``: for each measured width, least squares ``T = a_w + b_w * depth``;
-- ``shared-intercept``: one fixed part for all widths, ``T = c + b_w * depth``;
-- ``linear``: ``T = c + depth * (a + b*f + g*h + k*f*h)`` over ratios ``f, h`` (any width, coarser).
-
-Widths that were not measured are interpolated bilinearly between measured ones (per-width and
-shared-intercept). The method is chosen by leave-one-shape-out cross-validation over every measured row (so
-all rows count, not only the few held out); the evaluation, with the error on held-out rows of a fit that
-never saw them, lives beside the table in ``<table>.eval.json``.
+The method is chosen by leave-one-shape-out cross-validation over every measured row (so all rows count, not
+only the few held out); the evaluation, with the error on held-out rows of a fit that never saw them, lives
+beside the table in ``<table>.eval.json``. The schema is in :mod:`~amoeba_search.profiling.table_schema`, the
+models in :mod:`~amoeba_search.profiling.latency_model`.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
-import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 import pandas as pd
 
+from amoeba_search.profiling.latency_model import METHODS, LatencyFit, error_stats, fit_latency
+from amoeba_search.profiling.table_schema import (KEY_COLUMNS, METRIC_COLUMN, METRICS, RATIO_COLUMN, STATS,
+                                                  LatencyTableError, eval_path, validate_frame)
 from amoeba_search.shapes import SubnetShape
-
-SCHEMA_VERSION = 1
-
-# column -> type: str, int, float; a trailing "?" means the value may be empty
-COLUMNS: dict[str, str] = {
-    "schema_version": "int",
-    "device": "str", "machine": "str", "flow": "str", "flow_options": "str", "dtype": "str",
-    "batch": "int", "prompt_len": "int", "context_len": "int", "decode_tokens": "int", "threads": "int",
-    "model": "str", "model_fingerprint": "str",
-    "shape": "str", "depth": "int", "ffn_ratio": "float", "heads_ratio": "float",
-    "ffn_channels": "int", "num_heads": "int", "num_kv_heads": "int", "hidden_size": "int", "head_dim": "int",
-    "params": "int", "role": "str",
-    "prefill_ms_median": "float", "prefill_ms_iqr": "float", "prefill_ms_min": "float", "prefill_repeats": "int",
-    "decode_ms_median": "float", "decode_ms_iqr": "float", "decode_ms_min": "float", "decode_repeats": "int",
-    "peak_memory_bytes": "int?", "memory_kind": "str?",
-    "prefill_energy_mj": "float?", "decode_energy_mj_per_token": "float?", "power_source": "str?",
-    "versions": "str", "timestamp": "str", "elapsed_s": "float?", "loadavg_1min": "float?",
-    "other_load": "float?",  # cores busy with other processes while this row was measured (CPU contention)
-    "extra": "str?",
-    # drift-cancelled measurement (amoeba-profile interleaves each shape with a reference shape, A B A B ...):
-    # the shape's latency over the reference's, measured in the same process and time window
-    "reference_shape": "str?", "decode_ratio": "float?", "prefill_ratio": "float?",
-    "reference_decode_ms": "float?", "reference_prefill_ms": "float?",
-}
-# columns added after schema 1 was first written: tables without them still load (read as empty)
-ADDED_COLUMNS = ("reference_shape", "decode_ratio", "prefill_ratio", "reference_decode_ms", "reference_prefill_ms")
-KEY_COLUMNS = ("device", "machine", "flow", "flow_options", "dtype", "batch", "prompt_len", "context_len",
-               "threads", "model_fingerprint")
-ROLES = ("design", "holdout", "extra", "transferred")  # transferred: corrected from another table
-METRICS = ("decode", "prefill", "e2e")
-METHODS = ("per-width", "shared-intercept", "linear")
-_METRIC_COLUMN = {"decode": "decode_ms_median", "prefill": "prefill_ms_median"}
-_RATIO_COLUMN = {"decode": "decode_ratio", "prefill": "prefill_ratio"}
-STATS = ("median", "min")  # which per-row statistic the predictor fits: the median, or the fastest repeat
-
-
-class LatencyTableError(ValueError):
-    """A malformed or mixed lookup table, or a question it cannot answer."""
-
-
-def eval_path(table_path: str | os.PathLike) -> Path:
-    """``profiles/smollm2-135m/cpu/torch.csv`` -> ``profiles/smollm2-135m/cpu/torch.eval.json``."""
-    path = Path(table_path)
-    return path.with_name(path.stem + ".eval.json")
-
-
-# -- writing --------------------------------------------------------------------------------------------
-
-def _cell(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    if isinstance(value, float):
-        return repr(float(value))
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, sort_keys=True)
-    return str(value)
-
-
-def append_row(path: str | os.PathLike, row: dict) -> None:
-    """Append one measurement to the table at ``path`` (header first if new), flushed and fsynced, so a
-    killed run loses at most the row being measured."""
-    unknown = sorted(set(row) - set(COLUMNS))
-    if unknown:
-        raise LatencyTableError(f"row has columns the schema lacks: {', '.join(unknown)}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists() or path.stat().st_size == 0
-    if not new:
-        _upgrade_header(path)
-    with open(path, "a", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        if new:
-            writer.writerow(list(COLUMNS))
-        writer.writerow([_cell(row.get(col)) for col in COLUMNS])
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _upgrade_header(path: Path) -> None:
-    """Rewrite a table written before :data:`ADDED_COLUMNS` existed with today's header (the new cells
-    empty), so that appending a row of today's columns keeps every column in its place."""
-    with open(path, newline="") as handle:
-        header = next(csv.reader(handle), None)
-    if header is None or header == list(COLUMNS):
-        return
-    if [c for c in COLUMNS if c not in ADDED_COLUMNS] != [c for c in header if c not in ADDED_COLUMNS] \
-            or set(header) - set(COLUMNS):
-        raise LatencyTableError(f"{path} has columns {', '.join(header[:3])}... that are not this schema's; "
-                                f"write to another --out")
-    from amoeba_search.paths import atomic_write_text
-
-    with open(path, newline="") as handle:
-        records = list(csv.DictReader(handle))
-    lines = [list(COLUMNS)] + [[record.get(col, "") or "" for col in COLUMNS] for record in records]
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows(lines)
-    atomic_write_text(path, buffer.getvalue())
-
-
-def drop_partial_last_line(path: str | os.PathLike) -> bool:
-    """Cut a last line that a killed writer left without its newline; True if something was cut."""
-    path = Path(path)
-    if not path.exists() or path.stat().st_size == 0:
-        return False
-    data = path.read_bytes()
-    if data.endswith(b"\n"):
-        return False
-    from amoeba_search.paths import atomic_write_bytes
-
-    # A new file renamed over the old one, not a truncate: a crash here must not cost the measured rows.
-    atomic_write_bytes(path, data[: data.rfind(b"\n") + 1])
-    return True
-
-
-# -- reading and validation -----------------------------------------------------------------------------
-
-def _coerce(frame: pd.DataFrame, where: str) -> pd.DataFrame:
-    frame = frame.assign(**{c: "" for c in ADDED_COLUMNS if c not in frame.columns})
-    missing = [c for c in COLUMNS if c not in frame.columns]
-    if missing:
-        raise LatencyTableError(f"{where} is not a latency table: it lacks column(s) {', '.join(missing)}")
-    frame = frame[list(COLUMNS)].copy()
-    for col, kind in COLUMNS.items():
-        optional = kind.endswith("?")
-        kind = kind.rstrip("?")
-        values = frame[col]
-        empty = values.isna() | (values.astype(str).str.strip() == "")
-        if not optional and empty.any():
-            raise LatencyTableError(f"{where}: column {col} is empty in row {int(np.flatnonzero(empty)[0]) + 2}")
-        if kind == "str":
-            frame[col] = values.astype(object).where(~empty, None).map(lambda v: v if v is None else str(v))
-            continue
-        numbers = pd.to_numeric(values.where(~empty, None), errors="coerce")
-        bad = numbers.isna() & ~empty
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise LatencyTableError(f"{where}: column {col} holds {values.iloc[i]!r} in row {i + 2}, not a number")
-        if kind == "int":
-            if (numbers.dropna() % 1 != 0).any():
-                raise LatencyTableError(f"{where}: column {col} must hold whole numbers")
-            frame[col] = numbers.astype("Int64") if optional else numbers.astype("int64")
-        else:
-            frame[col] = numbers.astype("float64")
-    return frame
-
-
-def validate_frame(frame: pd.DataFrame, where: str = "table") -> pd.DataFrame:
-    """Check a table's columns, types, roles, shapes, latencies and that it is not mixed; return it typed."""
-    if frame.empty:
-        raise LatencyTableError(f"{where} has no rows")
-    frame = _coerce(frame, where)
-    versions = set(frame["schema_version"])
-    if versions != {SCHEMA_VERSION}:
-        raise LatencyTableError(f"{where} has schema version {sorted(versions)}; this amoeba-search reads {SCHEMA_VERSION}")
-    for col in KEY_COLUMNS:
-        values = list(dict.fromkeys(frame[col].tolist()))
-        if len(values) > 1:
-            raise LatencyTableError(f"{where} mixes {col} values {', '.join(map(repr, values[:3]))}: one table holds "
-                                    f"one device, machine, flow, dtype, setting and model; split it into files")
-    bad_roles = sorted(set(frame["role"]) - set(ROLES))
-    if bad_roles:
-        raise LatencyTableError(f"{where} has unknown role(s) {', '.join(bad_roles)}; allowed: {', '.join(ROLES)}")
-    for i, row in enumerate(frame.itertuples(index=False)):
-        try:
-            shape = SubnetShape.parse(row.shape)
-        except ValueError as exc:
-            raise LatencyTableError(f"{where} row {i + 2}: {exc}") from None
-        if (shape.depth, shape.ffn_ratio, shape.heads_ratio) != (row.depth, round(row.ffn_ratio, 3), round(row.heads_ratio, 3)):
-            raise LatencyTableError(f"{where} row {i + 2}: shape {row.shape} disagrees with its depth/ratio columns")
-    for col in ("prefill_ms_median", "decode_ms_median", "prefill_ms_min", "decode_ms_min", *_RATIO_COLUMN.values(),
-                "reference_decode_ms", "reference_prefill_ms"):
-        if (frame[col] <= 0).any():
-            raise LatencyTableError(f"{where}: {col} must be positive (row {int(np.flatnonzero(frame[col] <= 0)[0]) + 2})")
-    references = list(dict.fromkeys(frame["reference_shape"].dropna().tolist()))
-    if len(references) > 1:
-        raise LatencyTableError(f"{where} mixes reference shapes {', '.join(map(repr, references[:3]))}: the ratios of "
-                                f"one table are to one reference; split it into files")
-    return frame
-
-
-# -- fitting ----------------------------------------------------------------------------------------------
-
-Width = tuple  # (ffn_ratio, heads_ratio)
-
-
-@dataclass
-class _Fit:
-    method: str
-    metric: str
-    intercepts: dict      # width -> fixed part (ms)  [per-width / shared-intercept]
-    slopes: dict          # width -> per-layer part (ms)
-    coef: np.ndarray | None = None  # linear: [c, a, b, g, k]
-
-    def _width_params(self, f: float, h: float) -> tuple[float, float]:
-        if (f, h) in self.slopes:
-            return self.intercepts[(f, h)], self.slopes[(f, h)]
-        fs = sorted({w[0] for w in self.slopes})
-        hs = sorted({w[1] for w in self.slopes})
-
-        def bracket(values, x, name):
-            if not values[0] <= x <= values[-1]:
-                raise LatencyTableError(f"{name} {x:g} lies outside the measured {name}s "
-                                        f"{', '.join(format(v, 'g') for v in values)}; measure that width")
-            hi = next(v for v in values if v >= x)
-            lo = max(v for v in values if v <= x)
-            return lo, hi
-
-        f0, f1 = bracket(fs, f, "ffn ratio")
-        h0, h1 = bracket(hs, h, "heads ratio")
-        corners = [(f0, h0), (f0, h1), (f1, h0), (f1, h1)]
-        absent = [c for c in corners if c not in self.slopes]
-        if absent:
-            raise LatencyTableError(f"cannot interpolate width f{f:g}-h{h:g}: width f{absent[0][0]:g}-h{absent[0][1]:g} "
-                                    f"was not measured")
-        tf = 0.0 if f1 == f0 else (f - f0) / (f1 - f0)
-        th = 0.0 if h1 == h0 else (h - h0) / (h1 - h0)
-        weights = [(1 - tf) * (1 - th), (1 - tf) * th, tf * (1 - th), tf * th]
-        a = sum(w * self.intercepts[c] for w, c in zip(weights, corners))
-        b = sum(w * self.slopes[c] for w, c in zip(weights, corners))
-        return a, b
-
-    def predict(self, depth: int, f: float, h: float) -> float:
-        if self.method == "linear":
-            c, a, b, g, k = self.coef
-            return float(c + depth * (a + b * f + g * h + k * f * h))
-        a, b = self._width_params(round(f, 3), round(h, 3))
-        return float(a + b * depth)
-
-
-def _lstsq(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    w = 1.0 / np.maximum(np.abs(y), 1e-12)  # relative error: weight each row by 1/latency
-    coef, *_ = np.linalg.lstsq(x * w[:, None], y * w, rcond=None)
-    return coef
-
-
-def fit_latency(points: pd.DataFrame, metric: str, method: str) -> _Fit:
-    """Fit ``method`` to ``points`` (columns depth, ffn_ratio, heads_ratio, y)."""
-    if points.empty:
-        raise LatencyTableError("no measured rows to fit")
-    widths = points.groupby(["ffn_ratio", "heads_ratio"])
-    if method == "linear":
-        d = points["depth"].to_numpy(float)
-        f = points["ffn_ratio"].to_numpy(float)
-        h = points["heads_ratio"].to_numpy(float)
-        x = np.column_stack([np.ones_like(d), d, d * f, d * h, d * f * h])
-        if np.linalg.matrix_rank(x) < x.shape[1]:
-            raise LatencyTableError("the linear model needs at least two depths and a 2x2 grid of widths")
-        return _Fit(method, metric, {}, {}, coef=_lstsq(x, points["y"].to_numpy(float)))
-    if method == "per-width":
-        intercepts, slopes, single = {}, {}, []
-        for key, group in widths:
-            if group["depth"].nunique() >= 2:
-                x = np.column_stack([np.ones(len(group)), group["depth"].to_numpy(float)])
-                intercepts[key], slopes[key] = _lstsq(x, group["y"].to_numpy(float))
-            else:
-                single.append((key, group))
-        if not intercepts:
-            raise LatencyTableError("the per-width model needs at least one width measured at two depths")
-        fixed = float(np.median(list(intercepts.values())))
-        for key, group in single:  # one depth only: borrow the typical fixed part
-            intercepts[key] = fixed
-            slopes[key] = float(np.median((group["y"] - fixed) / group["depth"]))
-        return _Fit(method, metric, intercepts, slopes)
-    if method == "shared-intercept":
-        keys = list(widths.groups)
-        index = {k: i for i, k in enumerate(keys)}
-        x = np.zeros((len(points), 1 + len(keys)))
-        x[:, 0] = 1.0
-        for row, (f, h, d) in enumerate(points[["ffn_ratio", "heads_ratio", "depth"]].itertuples(index=False)):
-            x[row, 1 + index[(f, h)]] = d
-        if np.linalg.matrix_rank(x) < x.shape[1]:
-            raise LatencyTableError("the shared-intercept model needs at least one width measured at two depths")
-        coef = _lstsq(x, points["y"].to_numpy(float))
-        return _Fit(method, metric, {k: float(coef[0]) for k in keys}, {k: float(coef[1 + i]) for k, i in index.items()})
-    raise LatencyTableError(f"unknown predictor method {method!r}; choose from {', '.join(METHODS)}")
-
-
-def _error_stats(predicted: np.ndarray, measured: np.ndarray) -> dict:
-    ape = np.abs(predicted - measured) / measured
-    return {"n": int(len(ape)), "mape": float(np.mean(ape)), "within_10pct": float(np.mean(ape <= 0.10)),
-            "within_5pct": float(np.mean(ape <= 0.05)), "max_ape": float(np.max(ape))}
 
 
 class LatencyTable:
@@ -325,7 +35,7 @@ class LatencyTable:
         self._chosen: dict | None = None
 
     def _column(self, metric: str) -> str:
-        return _METRIC_COLUMN[metric].replace("_median", f"_{self.stat}")
+        return METRIC_COLUMN[metric].replace("_median", f"_{self.stat}")
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, stat: str = "median") -> "LatencyTable":
@@ -371,7 +81,7 @@ class LatencyTable:
     def has_ratios(self) -> bool:
         """True when every row holds its drift-cancelled ratio to the table's reference shape (tables written
         by amoeba-profile with interleaving; older tables and transferred ones have none)."""
-        return bool(self.rows[list(_RATIO_COLUMN.values())].notna().all().all()
+        return bool(self.rows[list(RATIO_COLUMN.values())].notna().all().all()
                     and self.rows["reference_shape"].notna().all())
 
     @property
@@ -382,18 +92,18 @@ class LatencyTable:
     def points(self, metric: str, roles: Iterable[str] | None = None, *, relative: bool = False) -> pd.DataFrame:
         """Median latency per shape (ms) for ``metric`` over rows of ``roles``; with ``relative``, the median
         ratio of each shape to the reference shape instead."""
-        if metric not in _METRIC_COLUMN:
+        if metric not in METRIC_COLUMN:
             raise LatencyTableError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
         if relative and not self.has_ratios:
             raise LatencyTableError(f"{self.path or 'table'} has no ratio columns (decode_ratio, prefill_ratio): "
                                     f"measure it again with amoeba-profile (interleaving is on by default)")
         rows = self.rows if roles is None else self.rows[self.rows["role"].isin(list(roles))]
-        column = _RATIO_COLUMN[metric] if relative else self._column(metric)
+        column = RATIO_COLUMN[metric] if relative else self._column(metric)
         grouped = rows.groupby(["depth", "ffn_ratio", "heads_ratio"], as_index=False)[column].median()
         return grouped.rename(columns={column: "y"})
 
     # -- prediction ---------------------------------------------------------------------------------------
-    def _fit(self, metric: str, method: str, roles: tuple | None = None, relative: bool = False) -> _Fit:
+    def _fit(self, metric: str, method: str, roles: tuple | None = None, relative: bool = False) -> LatencyFit:
         key = (metric, method, roles, relative)
         if key not in self._fits:
             self._fits[key] = fit_latency(self.points(metric, roles, relative=relative), metric, method)
@@ -466,7 +176,7 @@ class LatencyTable:
         if metric == "e2e":
             return (self.predict(shape, metric="prefill", method=method)
                     + self.decode_tokens * self.predict(shape, metric="decode", method=method))
-        if metric not in _METRIC_COLUMN:
+        if metric not in METRIC_COLUMN:
             raise LatencyTableError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
         return self._fit(metric, method or self.chosen_method(metric)).predict(shape.depth, shape.ffn_ratio,
                                                                                 shape.heads_ratio)
@@ -475,7 +185,7 @@ class LatencyTable:
         """Predicted latency of ``shape`` over the reference shape's (:attr:`reference_shape`), both measured in
         the same time window: the same latency models fit on the ratio columns. ``decode`` or ``prefill``."""
         shape = SubnetShape.parse(shape) if isinstance(shape, str) else shape
-        if metric not in _RATIO_COLUMN:
+        if metric not in RATIO_COLUMN:
             raise LatencyTableError(f"a ratio is per metric: choose decode or prefill, not {metric!r}")
         return self._fit(metric, method or self.chosen_method(metric), relative=True).predict(
             shape.depth, shape.ffn_ratio, shape.heads_ratio)
@@ -543,7 +253,7 @@ class LatencyTable:
                   "holdout_rows": int(len(test)), "metrics": {}, "chosen": {}}
         if test.empty:
             return result
-        columns = {m: self._column(m) for m in _METRIC_COLUMN}
+        columns = {m: self._column(m) for m in METRIC_COLUMN}
         truth = {m: test.groupby(["depth", "ffn_ratio", "heads_ratio"], as_index=False)[c].median()
                  for m, c in columns.items()}
         merged = truth["decode"].merge(truth["prefill"], on=["depth", "ffn_ratio", "heads_ratio"])
@@ -553,7 +263,7 @@ class LatencyTable:
             result["metrics"][metric] = {}
         for method in METHODS:
             try:
-                fits = {m: self._fit(m, method, fit_roles) for m in _METRIC_COLUMN}
+                fits = {m: self._fit(m, method, fit_roles) for m in METRIC_COLUMN}
                 preds = {m: np.array([fits[m].predict(int(r.depth), r.ffn_ratio, r.heads_ratio)
                                       for r in merged.itertuples(index=False)]) for m in fits}
             except LatencyTableError as exc:
@@ -563,7 +273,7 @@ class LatencyTable:
             preds["e2e"] = preds["prefill"] + decode_tokens * preds["decode"]
             measured = {"decode": merged[columns["decode"]], "prefill": merged[columns["prefill"]], "e2e": merged["e2e"]}
             for metric in METRICS:
-                result["metrics"][metric][method] = _error_stats(preds[metric], measured[metric].to_numpy(float))
+                result["metrics"][metric][method] = error_stats(preds[metric], measured[metric].to_numpy(float))
         if self.has_ratios and holdout is None:
             result["ratio_metrics"] = self._evaluate_ratios(test, fit_roles)
         result["cross_validation"] = cv = self.cross_validate()
@@ -577,7 +287,7 @@ class LatencyTable:
     def _evaluate_ratios(self, test: pd.DataFrame, fit_roles: tuple) -> dict:
         """Error of each method fit on the design rows' ratios, on the held-out rows' ratios (decode, prefill)."""
         out: dict = {}
-        for metric, column in _RATIO_COLUMN.items():
+        for metric, column in RATIO_COLUMN.items():
             truth = test.groupby(["depth", "ffn_ratio", "heads_ratio"], as_index=False)[column].median()
             out[metric] = {}
             for method in METHODS:
@@ -588,7 +298,7 @@ class LatencyTable:
                 except LatencyTableError as exc:
                     out[metric][method] = {"error": str(exc)}
                     continue
-                out[metric][method] = _error_stats(guess, truth[column].to_numpy(float))
+                out[metric][method] = error_stats(guess, truth[column].to_numpy(float))
         return out
 
     def cross_validate(self) -> dict:
@@ -616,7 +326,7 @@ class LatencyTable:
                 if ok.sum() < max(2, 0.75 * len(ok)):
                     out[metric][method] = {"error": f"only {int(ok.sum())} of {len(ok)} shapes predictable"}
                 else:
-                    out[metric][method] = {**_error_stats(guess[metric][ok], truth[metric][ok]),
+                    out[metric][method] = {**error_stats(guess[metric][ok], truth[metric][ok]),
                                            "skipped": int((~ok).sum())}
         return out
 

@@ -24,10 +24,11 @@ import numpy as np
 
 from amoeba_search.profiling.devices import DeviceSpec
 from amoeba_search.profiling.flows.base import Flow, Measurement, MeasureSettings
-from amoeba_search.profiling.lut import (KEY_COLUMNS, SCHEMA_VERSION, LatencyTable, LatencyTableError, append_row,
-                                         drop_partial_last_line, eval_path)
+from amoeba_search.profiling.lut import LatencyTable
 from amoeba_search.profiling.machine import MachineInfo, cpu_snapshot, other_load, wait_until_quiet
 from amoeba_search.profiling.model_source import ModelSource, build_random_checkpoint, save_tokenizer
+from amoeba_search.profiling.table_schema import (KEY_COLUMNS, SCHEMA_VERSION, LatencyTableError, append_row,
+                                                  drop_partial_last_line, eval_path)
 from amoeba_search.profiling.telemetry import PowerSampler, TelemetryUnavailable, open_power_source
 from amoeba_search.shapes import SearchSpace, SubnetShape
 

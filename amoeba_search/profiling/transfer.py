@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from amoeba_search.profiling.lut import COLUMNS, KEY_COLUMNS, LatencyTable
+from amoeba_search.profiling.lut import LatencyTable
+from amoeba_search.profiling.table_schema import COLUMNS, KEY_COLUMNS
 from amoeba_search.shapes import SubnetShape
 
 KINDS = ("auto", "scale", "affine", "loglinear")

@@ -24,7 +24,8 @@ def energy_points(table):
 def energy_predictor(table) -> Callable[[SubnetShape | str], float]:
     """Energy per decoded token (mJ) of any shape, fit on ``table``'s energy column with the latency table's
     models (per-width, shared-intercept, linear: the first that fits)."""
-    from amoeba_search.profiling.lut import METHODS, LatencyTableError, fit_latency
+    from amoeba_search.profiling.latency_model import METHODS, fit_latency
+    from amoeba_search.profiling.table_schema import LatencyTableError
 
     points = energy_points(table)
     errors = []

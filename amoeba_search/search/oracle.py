@@ -200,7 +200,8 @@ def task_oracle(loaded, task: str, *, limit: int | None = 100, task_dir=None, ca
     Choices are scored as lm-eval scores local tasks: ``context + " " + choice``, summed (not per-token)
     log-likelihoods, so ``accuracy`` matches ``amoeba-eval``'s ``acc`` for a subnet.
     """
-    from amoeba_search.evaluation.local_tasks import file_sha256, read_task_file, task_name
+    from amoeba_search.data.multiple_choice import read_task_file
+    from amoeba_search.evaluation.local_tasks import file_sha256, task_name
     from amoeba_search.selection.calibration import MultipleChoiceMetric, lm_eval_items
 
     path = check_objective(task, task_dir=task_dir)

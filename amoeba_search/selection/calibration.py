@@ -14,15 +14,13 @@ shared layers:
 from __future__ import annotations
 
 import difflib
-import json
 import logging
 import math
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 
+from amoeba_search.data.multiple_choice import MCItem
 from amoeba_search.evaluation.perplexity import token_nll
 
 _HEAD_ROWS = 2  # sequences projected to the vocabulary at once: bounds the (rows, T, V) logits memory
@@ -130,47 +128,14 @@ class PerplexityMetric(CalibrationMetric):
                 "tokens": int(self.blocks.numel())}
 
 
-@dataclass(frozen=True)
-class MultipleChoiceItem:
-    context: str
-    choices: tuple[str, ...]
-    answer: int
-
-    def __post_init__(self):
-        object.__setattr__(self, "choices", tuple(self.choices))
-        if len(self.choices) < 2:
-            raise ValueError(f"a multiple-choice item needs at least two choices, got {len(self.choices)}")
-        if not 0 <= int(self.answer) < len(self.choices):
-            raise ValueError(f"answer {self.answer} is not an index into {len(self.choices)} choices")
-
-
-def load_mc_items(path: str | Path) -> list[MultipleChoiceItem]:
-    """Items from a JSONL file of ``{"context": str, "choices": [str, ...], "answer": int}`` objects."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"multiple-choice file {path} does not exist")
-    items = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            items.append(MultipleChoiceItem(record["context"], tuple(record["choices"]), int(record["answer"])))
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise ValueError(f"{path}:{lineno}: expected {{'context', 'choices', 'answer'}} ({err})") from None
-    if not items:
-        raise ValueError(f"{path} holds no multiple-choice items")
-    return items
-
-
-def lm_eval_items(items) -> list[MultipleChoiceItem]:
+def lm_eval_items(items) -> list[MCItem]:
     """``(context, choices, answer)`` items as lm-eval scores them: the choice follows the context after a space
     (its ``target_delimiter``), and whitespace ending the context moves into the choice."""
     out = []
     for context, choices, answer in items:
         stripped = context.rstrip()
         moved = context[len(stripped):]
-        out.append(MultipleChoiceItem(stripped, tuple(f"{moved} {c}" for c in choices), answer))
+        out.append(MCItem(stripped, [f"{moved} {c}" for c in choices], answer))
     return out
 
 
@@ -182,7 +147,7 @@ class MultipleChoiceMetric(CalibrationMetric):
     length and right-padded; causal attention keeps padding from touching any scored position.
     """
 
-    def __init__(self, items: Sequence[MultipleChoiceItem], tokenizer, *, kind: str = "acc",
+    def __init__(self, items: Sequence[MCItem], tokenizer, *, kind: str = "acc",
                  batch_size: int = 8, normalize: bool = False):
         if kind not in ("acc", "loss"):
             raise ValueError(f"kind must be 'acc' or 'loss', got {kind!r}")

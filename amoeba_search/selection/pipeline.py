@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from amoeba_search.data.multiple_choice import read_task_file
 from amoeba_search.distributed import ShardedObjective, rank_world
 from amoeba_search.selection.calibration import (METRICS, MultipleChoiceMetric, PerplexityMetric, check_metric_name,
-                                                 lm_eval_items, load_mc_items, spread_blocks)
+                                                 lm_eval_items, spread_blocks)
 from amoeba_search.selection.depth_baselines import (angular_layers, drop_last_layers, hidden_similarity,
                                                      ppl_rank_layers, score_layer_sets, shortgpt_layers)
 from amoeba_search.selection.depth_dp import DepthResult, DPCheckpoint, check_beam, check_depth_range, depth_dp
@@ -82,11 +83,11 @@ def calibration_metric(settings: SelectionSettings, tokenizer):
         token_blocks(settings.calib, tokenizer, max_blocks=settings.samples, **kwargs)  # enough text? (clear error)
         blocks = spread_blocks(token_blocks(settings.calib, tokenizer, **kwargs), settings.samples)
         return PerplexityMetric(blocks, batch_size=settings.batch_size)
-    items = load_mc_items(settings.calib)
+    items = read_task_file(settings.calib)
     if len(items) < settings.samples:
         raise ValueError(f"{settings.calib} holds {len(items)} multiple-choice items, {settings.samples} requested; "
                          f"ask for --samples {len(items)} or fewer")
-    items = lm_eval_items((i.context, i.choices, i.answer) for i in items[:settings.samples])
+    items = lm_eval_items(items[:settings.samples])
     return MultipleChoiceMetric(items, tokenizer, kind=settings.metric.split("-")[1],
                                 batch_size=settings.batch_size)
 

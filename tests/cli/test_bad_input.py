@@ -56,7 +56,7 @@ class Case:
 
     def strategy(self) -> str:
         """A valid strategy of the tiny model."""
-        from amoeba_search.models.fingerprint import model_fingerprint
+        from amoeba_search.fingerprint import model_fingerprint
         from amoeba_search.selection.strategy import SelectionStrategy
         from tests.conftest import tiny_model
         from tests.finetune.helpers import DEPTH_LAYERS
@@ -71,7 +71,7 @@ class Case:
         import torch
 
         from amoeba_search.finetune.smol import SMoLAdapter, SMoLConfig
-        from amoeba_search.models.session import open_supernet
+        from amoeba_search.session import open_supernet
 
         loaded = open_supernet(self.model)
         path = self.tmp / "adapter"
@@ -109,7 +109,7 @@ def _search(c: Case, *extra: str) -> list[str]:
 
 
 def _task(c: Case) -> str:
-    from amoeba_search.evaluation.local_tasks import write_task_file
+    from amoeba_search.data.multiple_choice import write_task_file
 
     return str(write_task_file(c.tmp / "tasks" / "toy_calib.jsonl",
                                [(f"Q: {w}?\nA:", ["yes", "no"], i % 2) for i, w in enumerate("ab cd ef gh".split())]))

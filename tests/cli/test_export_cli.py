@@ -62,7 +62,7 @@ def test_existing_output_and_unsupported_architecture(model_dir, tmp_path, capsy
 
 
 def test_strategy_for_another_model_is_refused(model_dir, tmp_path, capsys):
-    from amoeba_search.models.fingerprint import model_fingerprint
+    from amoeba_search.fingerprint import model_fingerprint
     from amoeba_search.selection.strategy import SelectionStrategy
 
     other = tiny_model(seed=7)
@@ -77,7 +77,7 @@ def test_strategy_for_another_model_is_refused(model_dir, tmp_path, capsys):
 
 
 def test_strategy_layers_and_orders_are_used(model_dir, tmp_path):
-    from amoeba_search.models.fingerprint import model_fingerprint
+    from amoeba_search.fingerprint import model_fingerprint
     from amoeba_search.selection.strategy import SelectionStrategy
 
     model = AutoModelForCausalLM.from_pretrained(model_dir)

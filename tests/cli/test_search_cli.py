@@ -4,8 +4,8 @@ import json
 import pytest
 
 from amoeba_search.cli import search as search_cli
-from amoeba_search.evaluation.local_tasks import write_task_file
-from amoeba_search.models.fingerprint import model_fingerprint
+from amoeba_search.data.multiple_choice import write_task_file
+from amoeba_search.fingerprint import model_fingerprint
 from amoeba_search.selection.strategy import SelectionStrategy
 from tests.conftest import tiny_model, tiny_tokenizer
 from tests.finetune.helpers import DEPTH_LAYERS
@@ -67,7 +67,7 @@ def test_unknown_objective_is_one_line(setup, tmp_path, capsys, objective, messa
 
 def _write_table(path, fingerprint, flow="torch"):
     """A tiny measured-looking table: 2 depths x 2 widths, latency growing with depth and width."""
-    from amoeba_search.profiling.lut import append_row
+    from amoeba_search.profiling.table_schema import append_row
     from tests.profiling.test_lut import synthetic_rows
 
     for row in synthetic_rows():
@@ -94,7 +94,7 @@ def test_search_bad_input_is_one_line(setup, tmp_path, capsys, case, message):
         del args[args.index("--device"):args.index("--device") + 2]
         args += ["--table", str(table)]
     elif case == "strategy":
-        from amoeba_search.models.fingerprint import model_fingerprint
+        from amoeba_search.fingerprint import model_fingerprint
         other = tmp_path / "other-strategy.json"
         SelectionStrategy(model_fingerprint(tiny_model(seed=5), "tiny"),
                           {d: list(v) for d, v in DEPTH_LAYERS.items()}).save(other)

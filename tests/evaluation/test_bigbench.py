@@ -4,10 +4,10 @@ import tarfile
 
 import pytest
 
+from amoeba_search.data.multiple_choice import read_task_file
 from amoeba_search.evaluation import bigbench
 from amoeba_search.evaluation.bigbench import (BigBenchTask, convert_task, format_context, prepare_tasks,
                                                split_items)
-from amoeba_search.evaluation.local_tasks import read_task_file
 
 SPEC = BigBenchTask("toy", "toy_task/sub", "a toy")
 

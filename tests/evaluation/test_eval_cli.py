@@ -3,7 +3,7 @@ import json
 import pytest
 
 from amoeba_search.cli import eval as eval_cli
-from amoeba_search.evaluation.local_tasks import write_task_file
+from amoeba_search.data.multiple_choice import write_task_file
 from amoeba_search.models.export import export_subnet
 from amoeba_search.models.supernet import Supernet
 from amoeba_search.shapes import SubnetShape

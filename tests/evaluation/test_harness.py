@@ -5,9 +5,9 @@ import socket
 import pytest
 from transformers import AutoModelForCausalLM
 
+from amoeba_search.data.multiple_choice import TaskFileError, write_task_file
 from amoeba_search.evaluation import harness
 from amoeba_search.evaluation.harness import TaskUnavailable, evaluate_tasks, resolve_tasks
-from amoeba_search.evaluation.local_tasks import TaskFileError, write_task_file
 from amoeba_search.evaluation.records import merge_eval_file, merge_eval_record
 from amoeba_search.models.export import export_subnet
 from amoeba_search.models.supernet import Supernet

@@ -2,9 +2,9 @@ import json
 
 import pytest
 
+from amoeba_search.data.multiple_choice import MCItem, TaskFileError, read_task_file, write_task_file
 from amoeba_search.errors import MissingDependency
-from amoeba_search.evaluation.local_tasks import (MCItem, TaskFileError, lm_eval_config, local_task_names,
-                                                  random_baseline, read_task_file, task_items, write_task_file)
+from amoeba_search.evaluation.local_tasks import lm_eval_config, local_task_names, random_baseline, task_items
 
 ITEMS = [("Q: one?\nA:", ["yes", "no"], 0), ("Q: two?\nA:", ["a", "b", "c"], 2), ("", ["x y", "y x"], 1)]
 

@@ -18,7 +18,7 @@ pytestmark = [
 def test_default_model_beats_random_choice():
     from amoeba_search.evaluation.harness import evaluate_tasks
     from amoeba_search.evaluation.local_tasks import task_items
-    from amoeba_search.models.session import open_supernet
+    from amoeba_search.session import open_supernet
     from amoeba_search.shapes import SubnetShape
 
     loaded = open_supernet("smollm2-135m")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from amoeba_search.finetune.data import TrainingData
-from amoeba_search.models.fingerprint import model_fingerprint
+from amoeba_search.fingerprint import model_fingerprint
 from amoeba_search.models.session import LoadedSupernet
 from amoeba_search.models.supernet import Supernet
 from amoeba_search.selection.strategy import SelectionStrategy

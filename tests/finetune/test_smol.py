@@ -6,8 +6,8 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 from amoeba_search.finetune.smol import AdapterMismatchError, ShapeGate, SMoLAdapter, SMoLConfig, default_rank
-from amoeba_search.models.session import open_supernet
 from amoeba_search.models.supernet import Supernet
+from amoeba_search.session import open_supernet
 from amoeba_search.shapes import ModelDims, SubnetShape
 from tests.conftest import tiny_model, tiny_tokenizer
 from tests.finetune.helpers import tiny_loaded

@@ -7,8 +7,8 @@ import types
 from pathlib import Path
 
 from amoeba_search.profiling.flows.base import Measurement, MeasureSettings
-from amoeba_search.profiling.lut import COLUMNS, SCHEMA_VERSION
 from amoeba_search.profiling.machine import MachineInfo
+from amoeba_search.profiling.table_schema import COLUMNS, SCHEMA_VERSION
 
 
 def additive_latency(depth: int, ffn_ratio: float, heads_ratio: float) -> tuple[float, float]:

@@ -8,8 +8,8 @@ from amoeba_search.plots import pareto_plot_info
 from amoeba_search.profiling.devices import BUILTIN, DeviceSpec, get_device
 from amoeba_search.profiling.estimate import (GPU_LAUNCH_DEFAULTS, FlowEstimator, fit_flow_overheads, flow_dtype,
                                               row_roofline_ms, write_flow_overheads)
-from amoeba_search.profiling.lut import append_row
 from amoeba_search.profiling.roofline import roofline_estimate
+from amoeba_search.profiling.table_schema import append_row
 from amoeba_search.shapes import SubnetShape
 from tests.conftest import tiny_config
 from tests.profiling.fakes import table_row

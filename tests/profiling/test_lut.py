@@ -3,8 +3,9 @@ import json
 import pandas as pd
 import pytest
 
-from amoeba_search.profiling.lut import (COLUMNS, LatencyTable, LatencyTableError, append_row, drop_partial_last_line,
-                                         eval_path)
+from amoeba_search.profiling.lut import LatencyTable
+from amoeba_search.profiling.table_schema import (COLUMNS, LatencyTableError, append_row, drop_partial_last_line,
+                                                  eval_path)
 from amoeba_search.shapes import SubnetShape
 from tests.profiling.fakes import additive_latency, table_row
 

@@ -4,9 +4,10 @@ import pytest
 
 from amoeba_search.profiling.devices import BUILTIN
 from amoeba_search.profiling.flows.base import MeasureSettings
-from amoeba_search.profiling.lut import LatencyTable, LatencyTableError
+from amoeba_search.profiling.lut import LatencyTable
 from amoeba_search.profiling.model_source import load_model_source
 from amoeba_search.profiling.profiler import PlannedShape, ProfileRequest, design_shapes, run_profile
+from amoeba_search.profiling.table_schema import LatencyTableError
 from amoeba_search.shapes import ModelDims, SearchSpace, SubnetShape
 from tests.conftest import tiny_config
 from tests.profiling.fakes import ConstantPower, FakeFlow, additive_latency, machine

@@ -7,9 +7,10 @@ import pytest
 
 import amoeba_search.profiling as profiling
 from amoeba_search.profiling import model_slug, table_path, table_roots
-from amoeba_search.profiling.lut import LatencyTable, LatencyTableError, append_row, table_machine_warning
+from amoeba_search.profiling.lut import LatencyTable, table_machine_warning
 from amoeba_search.profiling.machine import (ISA_FLAGS, cpu_label, isa_summary, machine_mismatch, parse_machine_label,
                                              short_cpu_name)
+from amoeba_search.profiling.table_schema import LatencyTableError, append_row
 from tests.profiling.fakes import machine, table_row
 
 XEON_ISA = ("amx_bf16", "amx_tile", "avx2", "avx512f", "fma")

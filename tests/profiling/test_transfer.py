@@ -4,7 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from amoeba_search.profiling.lut import KEY_COLUMNS, LatencyTable, append_row, eval_path
+from amoeba_search.profiling.lut import LatencyTable
+from amoeba_search.profiling.table_schema import KEY_COLUMNS, append_row, eval_path
 from amoeba_search.profiling.transfer import (Correction, choose_anchors, fit_correction, source_latencies,
                                               transfer_rows)
 from amoeba_search.shapes import SubnetShape

@@ -1,10 +1,10 @@
 """The budget-looser-than-every-shape fact, the estimate label in the JSON, and energy as the budgeted cost."""
-import argparse
 import json
 
 import pytest
 
-from amoeba_search.profiling.lut import LatencyTable, append_row
+from amoeba_search.profiling.lut import LatencyTable
+from amoeba_search.profiling.table_schema import append_row
 from amoeba_search.search.costs import energy_predictor
 from amoeba_search.search.job import budget_slack, run_job
 from amoeba_search.shapes import SubnetShape

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from amoeba_search.evaluation.local_tasks import write_task_file
+from amoeba_search.data.multiple_choice import write_task_file
 from amoeba_search.search.oracle import check_objective, task_oracle
 from amoeba_search.shapes import SubnetShape
 from tests.finetune.helpers import tiny_loaded

@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from amoeba_search.selection.calibration import (MultipleChoiceItem, MultipleChoiceMetric, PerplexityMetric,
-                                                 better, check_metric_name, load_mc_items)
+from amoeba_search.data.multiple_choice import MCItem, TaskFileError, read_task_file
+from amoeba_search.selection.calibration import MultipleChoiceMetric, PerplexityMetric, better, check_metric_name
 from tests.conftest import tiny_model, tiny_tokenizer
 
 
@@ -19,11 +19,11 @@ def _naive_loglik(model, tok, context, choice):
 
 def _task():
     """A tiny synthetic task: continue a pattern; the answer is not always choice 0."""
-    return [MultipleChoiceItem("abcabcabc", ("abc", "xyz"), 0),
-            MultipleChoiceItem("1 2 3 4", (" 9 9", " 5"), 1),
-            MultipleChoiceItem("hello hello", (" world", " hello", " q"), 1),
-            MultipleChoiceItem("zz", ("z", "zzzz"), 0),
-            MultipleChoiceItem("the end of the", (" story", " the", " a b c d"), 0)]
+    return [MCItem("abcabcabc", ["abc", "xyz"], 0),
+            MCItem("1 2 3 4", [" 9 9", " 5"], 1),
+            MCItem("hello hello", [" world", " hello", " q"], 1),
+            MCItem("zz", ["z", "zzzz"], 0),
+            MCItem("the end of the", [" story", " the", " a b c d"], 0)]
 
 
 @pytest.mark.parametrize("normalize", [False, True])
@@ -58,15 +58,22 @@ def test_perplexity_metric_matches_evaluation_perplexity():
     assert PerplexityMetric(blocks, batch_size=2)(model) == pytest.approx(perplexity(model, blocks).ppl, rel=1e-6)
 
 
-def test_items_from_jsonl(tmp_path):
+@pytest.mark.parametrize("row, message", [
+    ({"context": "a", "choices": ["b"], "answer": 0}, "at least 2 non-empty strings"),
+    ({"context": "a", "choices": ["b", "c"], "answer": 2}, "integer index"),
+    ({"context": "a", "choices": ["b", "c"], "answer": True}, "integer index"),  # a bool is no index
+    ({"context": "a", "choices": ["b", "b"], "answer": 0}, "repeats a choice"),
+])
+def test_calibration_items_are_checked_as_every_task_file_is(tmp_path, row, message):
+    """Stage 1 reads its multiple-choice items with the one reader of the format, so the checks are the same."""
+    from amoeba_search.selection.pipeline import SelectionSettings, calibration_metric
+
     path = tmp_path / "task.jsonl"
     path.write_text("\n".join(json.dumps({"context": "a", "choices": ["b", "c"], "answer": 1}) for _ in range(3)))
-    assert len(load_mc_items(path)) == 3
-    path.write_text(json.dumps({"context": "a", "choices": ["b"], "answer": 0}))
-    with pytest.raises(ValueError, match="at least two choices"):
-        load_mc_items(path)
-    with pytest.raises(ValueError, match="not an index"):
-        MultipleChoiceItem("a", ("b", "c"), 2)
+    assert len(read_task_file(path)) == 3
+    path.write_text(json.dumps(row) + "\n")
+    with pytest.raises(TaskFileError, match=message):
+        calibration_metric(SelectionSettings(metric="mc-loss", calib=str(path), samples=1), tiny_tokenizer())
 
 
 def test_metric_names_and_comparison():
@@ -98,7 +105,7 @@ def test_selection_scores_choices_as_lm_eval_does(tmp_path):
     path.write_text("\n".join(json.dumps(r) for r in rows))
     model, tok = tiny_model(), tiny_tokenizer()
     metric = calibration_metric(SelectionSettings(metric="mc-loss", calib=str(path), samples=2), tok)
-    assert [item.choices for item in metric.items] == [(" wide", " stone"), ("\n paper", "\n light")]
+    assert [item.choices for item in metric.items] == [[" wide", " stone"], ["\n paper", "\n light"]]
     assert metric.items[1].context == "music in winter"
     want = [[_naive_loglik(model, tok, r["context"].rstrip(), c) for c in item.choices]
             for r, item in zip(rows, lm_eval_items((r["context"], r["choices"], r["answer"]) for r in rows))]

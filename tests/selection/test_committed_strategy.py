@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.slow,
 
 @pytest.fixture(scope="module", params=sorted(STRATEGIES))
 def loaded(request):
-    from amoeba_search.models.session import open_supernet
+    from amoeba_search.session import open_supernet
 
     return open_supernet("smollm2-135m", PROFILES / request.param)  # validates the file and the fingerprint
 

@@ -2,9 +2,10 @@
 import pytest
 import torch
 
+from amoeba_search.data.multiple_choice import MCItem
 from amoeba_search.evaluation.perplexity import perplexity
 from amoeba_search.models.supernet import Supernet
-from amoeba_search.selection.calibration import MultipleChoiceItem, MultipleChoiceMetric, PerplexityMetric
+from amoeba_search.selection.calibration import MultipleChoiceMetric, PerplexityMetric
 from amoeba_search.selection.depth_dp import depth_dp
 from amoeba_search.selection.objective import ModelObjective, prefix_tree
 from amoeba_search.shapes import SubnetShape
@@ -19,9 +20,9 @@ TAILS = [(), (4,), (4, 5), (3, 5), (3, 4, 5), (5,)]
 
 
 def _mc_metric(kind="loss"):
-    items = [MultipleChoiceItem("the cat sat on the", (" mat", " moon", " xyz"), 0),
-             MultipleChoiceItem("one two three", (" four", " five five"), 0),
-             MultipleChoiceItem("a b c d e f", (" g", " h", " z", " q"), 1)]
+    items = [MCItem("the cat sat on the", [" mat", " moon", " xyz"], 0),
+             MCItem("one two three", [" four", " five five"], 0),
+             MCItem("a b c d e f", [" g", " h", " z", " q"], 1)]
     return MultipleChoiceMetric(items, tiny_tokenizer(), kind=kind, batch_size=4)
 
 

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from amoeba_search.models.fingerprint import model_fingerprint
+from amoeba_search.fingerprint import model_fingerprint
 from amoeba_search.models.supernet import Supernet
 from amoeba_search.selection.pipeline import SelectionSettings, select_strategy
 from amoeba_search.selection.strategy import SelectionStrategy, StrategyMismatchError

@@ -9,8 +9,10 @@ import json
 import os
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from amoeba_search.profiling.flows.base import MeasureSettings
+if TYPE_CHECKING:  # base imports this module for BaseFlow
+    from amoeba_search.profiling.flows.base import MeasureSettings
 
 
 def missing_module(module: str) -> bool:

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from amoeba_search.profiling.flows import _common
+
 
 class FlowUnavailable(RuntimeError):
     """The flow cannot run here; the message says why and what to install."""
@@ -50,3 +52,36 @@ class Flow(Protocol):
 
     def close(self, handle: Any) -> None:
         """Free what ``prepare`` allocated."""
+
+
+class BaseFlow:
+    """What every runtime flow checks before it builds anything, in one place: that its runtime is installed,
+    that the device's backend is one it serves, and that it can measure these settings for this checkpoint.
+
+    A flow names the backends it runs on, the dtypes it runs per backend, and implements ``build``."""
+
+    name: str = ""
+    backends: tuple[str, ...] = ("cpu", "cuda")
+    wrong_backend: str = ""  # the error when the device's backend is not in ``backends``: what to pick instead
+
+    def dtypes(self, backend: str) -> tuple[str, ...]:
+        """The ``MeasureSettings.dtype`` values this flow runs on ``backend``."""
+        raise NotImplementedError
+
+    def unavailable_reason(self) -> str | None:
+        return None
+
+    def prepare(self, checkpoint: Path, workdir: Path, settings: MeasureSettings, device: str) -> Any:
+        reason = self.unavailable_reason()
+        if reason:
+            raise FlowUnavailable(reason)
+        backend = _common.backend(device)
+        if backend not in self.backends:
+            raise ValueError(self.wrong_backend or f"the {self.name} flow runs on {' or '.join(self.backends)}")
+        config = _common.read_config(checkpoint)
+        _common.check_settings(self.name, settings, self.dtypes(backend), config.get("max_position_embeddings"))
+        return self.build(Path(checkpoint), Path(workdir), settings, device, config)
+
+    def build(self, checkpoint: Path, workdir: Path, settings: MeasureSettings, device: str, config: dict) -> Any:
+        """Build the runtime artefact of a checked request (``config``: the checkpoint's config.json)."""
+        raise NotImplementedError

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from amoeba_search.profiling.flows import _common
-from amoeba_search.profiling.flows.base import FlowUnavailable, Measurement, MeasureSettings
+from amoeba_search.profiling.flows.base import BaseFlow, Measurement, MeasureSettings
 
 _GGUF_DTYPES = {"fp32": "f32", "fp16": "f16"}
 
@@ -46,7 +46,7 @@ def _stand_in_tokenizer(vocab_size: int):
     return PreTrainedTokenizerFast(tokenizer_object=tok)
 
 
-class LlamaCppFlow:
+class LlamaCppFlow(BaseFlow):
     name = "llamacpp"
 
     def unavailable_reason(self) -> str | None:
@@ -60,12 +60,10 @@ class LlamaCppFlow:
     def versions(self) -> dict[str, str]:
         return _common.package_versions("llama-cpp-python", "gguf")
 
-    def prepare(self, checkpoint: Path, workdir: Path, settings: MeasureSettings, device: str) -> _Handle:
-        reason = self.unavailable_reason()
-        if reason:
-            raise FlowUnavailable(reason)
-        config = _common.read_config(checkpoint)
-        _common.check_settings(self.name, settings, tuple(_GGUF_DTYPES), config.get("max_position_embeddings"))
+    def dtypes(self, backend: str) -> tuple[str, ...]:
+        return tuple(_GGUF_DTYPES)
+
+    def build(self, checkpoint: Path, workdir: Path, settings: MeasureSettings, device: str, config: dict) -> _Handle:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from amoeba_search.profiling.flows import _common
-from amoeba_search.profiling.flows.base import FlowUnavailable, Measurement, MeasureSettings
+from amoeba_search.profiling.flows.base import BaseFlow, Measurement, MeasureSettings
 
 _QUANT = {"fp32": "q0f32", "fp16": "q0f16", "bf16": "q0bf16"}  # q0 = weights not quantized
 
@@ -36,7 +36,7 @@ def _mlc(*args: str, log: Path) -> None:
         raise RuntimeError(f"mlc_llm {args[0]} failed ({done.returncode}): {tail}")
 
 
-class MLCFlow:
+class MLCFlow(BaseFlow):
     name = "mlc"
 
     def unavailable_reason(self) -> str | None:
@@ -60,14 +60,13 @@ class MLCFlow:
         return {d.metadata["Name"]: d.version for d in importlib.metadata.distributions()
                 if (d.metadata["Name"] or "").lower().startswith(("mlc-llm", "mlc-ai", "mlc_llm", "mlc_ai"))}
 
-    def prepare(self, checkpoint: Path, workdir: Path, settings: MeasureSettings, device: str) -> _Handle:
-        reason = self.unavailable_reason()
-        if reason:
-            raise FlowUnavailable(reason)
-        if _common.backend(device) != "cuda":
-            raise ValueError("this MLC-LLM flow compiles for CUDA; pick an NVIDIA GPU device")
-        config = _common.read_config(checkpoint)
-        _common.check_settings(self.name, settings, tuple(_QUANT), config.get("max_position_embeddings"))
+    backends = ("cuda",)
+    wrong_backend = "this MLC-LLM flow compiles for CUDA; pick an NVIDIA GPU device"
+
+    def dtypes(self, backend: str) -> tuple[str, ...]:
+        return tuple(_QUANT)
+
+    def build(self, checkpoint: Path, workdir: Path, settings: MeasureSettings, device: str, config: dict) -> _Handle:
         quant, out = _QUANT[settings.dtype], Path(workdir) / f"mlc-{_QUANT[settings.dtype]}"
         log, lib = Path(workdir) / "mlc.log", out / "model-cuda.so"
         _mlc("convert_weight", str(checkpoint), "--quantization", quant, "--device", "cuda", "-o", str(out),

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from amoeba_search.profiling.flows import _common
-from amoeba_search.profiling.flows.base import FlowUnavailable, Measurement, MeasureSettings
+from amoeba_search.profiling.flows.base import BaseFlow, Measurement, MeasureSettings
 
 _PRECISION_HINT = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 
@@ -101,7 +101,7 @@ def _export_ir_isolated(checkpoint: Path, out: Path, compress_to_fp16: bool) -> 
         pool.submit(_export_ir, checkpoint, out, compress_to_fp16).result()
 
 
-class OpenVinoFlow:
+class OpenVinoFlow(BaseFlow):
     name = "openvino"
 
     def unavailable_reason(self) -> str | None:
@@ -113,14 +113,13 @@ class OpenVinoFlow:
     def versions(self) -> dict[str, str]:
         return _common.package_versions("openvino", "openvino-genai")
 
-    def prepare(self, checkpoint: Path, workdir: Path, settings: MeasureSettings, device: str) -> _Handle:
-        reason = self.unavailable_reason()
-        if reason:
-            raise FlowUnavailable(reason)
-        if _common.backend(device) != "cpu":
-            raise ValueError("the OpenVINO flow runs on the CPU here (OpenVINO's GPU plugin is for Intel GPUs)")
-        config = _common.read_config(checkpoint)
-        _common.check_settings(self.name, settings, tuple(_PRECISION_HINT), config.get("max_position_embeddings"))
+    backends = ("cpu",)
+    wrong_backend = "the OpenVINO flow runs on the CPU here (OpenVINO's GPU plugin is for Intel GPUs)"
+
+    def dtypes(self, backend: str) -> tuple[str, ...]:
+        return tuple(_PRECISION_HINT)
+
+    def build(self, checkpoint: Path, workdir: Path, settings: MeasureSettings, device: str, config: dict) -> _Handle:
         out = Path(workdir) / "openvino-ir"
         out.mkdir(parents=True, exist_ok=True)
         _export_ir_isolated(Path(checkpoint), out, compress_to_fp16=settings.dtype != "fp32")

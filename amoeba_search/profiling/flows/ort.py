@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from amoeba_search.profiling.flows import _common
-from amoeba_search.profiling.flows.base import FlowUnavailable, Measurement, MeasureSettings
+from amoeba_search.profiling.flows.base import BaseFlow, Measurement, MeasureSettings
 
 # dtype -> builder precision, per execution provider (the builder's valid combinations)
 _PRECISION = {"cpu": {"fp32": "fp32"}, "cuda": {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}}
@@ -33,7 +33,7 @@ class _Handle:
     extra: dict = field(default_factory=dict)
 
 
-class OrtGenAIFlow:
+class OrtGenAIFlow(BaseFlow):
     name = "ort"
 
     def unavailable_reason(self) -> str | None:
@@ -48,13 +48,11 @@ class OrtGenAIFlow:
     def versions(self) -> dict[str, str]:
         return _common.package_versions("onnxruntime-genai", "onnxruntime-genai-cuda", "onnxruntime", "onnx")
 
-    def prepare(self, checkpoint: Path, workdir: Path, settings: MeasureSettings, device: str) -> _Handle:
-        reason = self.unavailable_reason()
-        if reason:
-            raise FlowUnavailable(reason)
-        config = _common.read_config(checkpoint)
+    def dtypes(self, backend: str) -> tuple[str, ...]:
+        return tuple(_PRECISION[backend])
+
+    def build(self, checkpoint: Path, workdir: Path, settings: MeasureSettings, device: str, config: dict) -> _Handle:
         ep = _common.backend(device)
-        _common.check_settings(self.name, settings, tuple(_PRECISION[ep]), config.get("max_position_embeddings"))
         head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
         if ep == "cpu" and head_dim % 16:
             raise ValueError(f"ONNX Runtime's CPU GroupQueryAttention needs head_dim to be a multiple of 16; "

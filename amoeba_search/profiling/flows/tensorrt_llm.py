@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from amoeba_search.profiling.flows import _common
-from amoeba_search.profiling.flows.base import FlowUnavailable, Measurement, MeasureSettings
+from amoeba_search.profiling.flows.base import BaseFlow, Measurement, MeasureSettings
 
 _DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 
@@ -26,7 +26,7 @@ class _Handle:
     extra: dict = field(default_factory=dict)
 
 
-class TensorRTLLMFlow:
+class TensorRTLLMFlow(BaseFlow):
     name = "tensorrt-llm"
 
     def unavailable_reason(self) -> str | None:
@@ -46,14 +46,13 @@ class TensorRTLLMFlow:
     def versions(self) -> dict[str, str]:
         return _common.package_versions("tensorrt_llm", "tensorrt")
 
-    def prepare(self, checkpoint: Path, workdir: Path, settings: MeasureSettings, device: str) -> _Handle:
-        reason = self.unavailable_reason()
-        if reason:
-            raise FlowUnavailable(reason)
-        if _common.backend(device) != "cuda":
-            raise ValueError("TensorRT-LLM runs on NVIDIA GPUs only; pick a GPU device")
-        config = _common.read_config(checkpoint)
-        _common.check_settings(self.name, settings, tuple(_DTYPES), config.get("max_position_embeddings"))
+    backends = ("cuda",)
+    wrong_backend = "TensorRT-LLM runs on NVIDIA GPUs only; pick a GPU device"
+
+    def dtypes(self, backend: str) -> tuple[str, ...]:
+        return tuple(_DTYPES)
+
+    def build(self, checkpoint: Path, workdir: Path, settings: MeasureSettings, device: str, config: dict) -> _Handle:
         from tensorrt_llm import LLM
         from tensorrt_llm.llmapi import KvCacheConfig
 
