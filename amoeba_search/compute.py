@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from amoeba_search.errors import InputError
+
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DTYPE_CHOICES = ("auto", *DTYPES)
 DEVICE_HELP = "cpu, cuda, cuda:N or auto (CUDA where present, else the CPU)"
@@ -26,7 +28,7 @@ _FAST_CPU_FLAGS = {torch.bfloat16: ("avx512_bf16", "amx_bf16", "bf16"),
                    torch.float16: ("avx512_fp16", "amx_fp16", "fphp")}
 
 
-class ComputeError(ValueError):
+class ComputeError(InputError):
     """A device or dtype this machine cannot run (well); the message says what to use instead."""
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from amoeba_search.errors import InputError
 from amoeba_search.resources import committed_profiles
 
 PROFILES = committed_profiles()  # the checkout's profiles/, or the installed copy (see amoeba_search.resources)
@@ -62,7 +63,7 @@ def resolve_artefacts(model: str, strategy=None, adapter=None, *, no_adapter: bo
     tied to the channel order it was trained with.
     """
     if adapter is not None and no_adapter:
-        raise ValueError("--adapter and --no-adapter contradict each other; pass one")
+        raise InputError("--adapter and --no-adapter contradict each other; pass one")
     if strategy is not None:
         chosen, strategy_source = Path(strategy), "given"
     elif layers or committed_strategy(model) is None:

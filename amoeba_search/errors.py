@@ -2,7 +2,12 @@
 
 
 class AmoebaError(Exception):
-    """Base of user-fixable errors that are not already ``ValueError``/``OSError`` (e.g. a missing package)."""
+    """Base of the errors a user can fix; the CLI prints them as one line and exits 2."""
+
+
+class InputError(AmoebaError, ValueError):
+    """Input the user can fix (a flag, a file, a setting, a model); the message says how. A ``ValueError`` too, as
+    callers of the library expect; a ``ValueError`` that is not one of these is a bug and keeps its traceback."""
 
 
 class MissingDependency(AmoebaError, RuntimeError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from amoeba_search.errors import InputError
 from amoeba_search.finetune.smol import TARGETS, default_rank
 from amoeba_search.models import footprint as fp
 from amoeba_search.profiling.devices import DeviceSpec, get_device
@@ -61,7 +62,7 @@ class JobPlan:
 
 def _at_least(name: str, value, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        raise InputError(f"{name} must be an integer >= {low}, got {value!r}")
     return value
 
 
@@ -144,9 +145,9 @@ def plan_select(config, *, samples: int, seq_len: int, min_depth: int | None, ke
     _at_least("batch_size", batch_size, 1)
     _at_least("memory_limit", memory_limit, 1)
     if method not in SELECT_METHODS:
-        raise ValueError(f"unknown selection method {method!r}; choose from {', '.join(SELECT_METHODS)}")
+        raise InputError(f"unknown selection method {method!r}; choose from {', '.join(SELECT_METHODS)}")
     if width_metric not in WIDTH_METRICS:
-        raise ValueError(f"unknown width metric {width_metric!r}; choose from {', '.join(WIDTH_METRICS)}")
+        raise InputError(f"unknown width metric {width_metric!r}; choose from {', '.join(WIDTH_METRICS)}")
     nbytes, spec = fp.dtype_bytes(dtype), _spec(device_spec)
     dims = ModelDims.from_config(config)
     n = dims.num_layers
@@ -218,7 +219,7 @@ def plan_finetune(config, *, steps: int, batch_size: int, seq_len: int, random_s
     _at_least("random_shapes", random_shapes, 0)
     _at_least("experts", experts, 1)
     if not 1 <= top_k <= experts:
-        raise ValueError(f"top_k must lie in 1..experts ({experts}), got {top_k}")
+        raise InputError(f"top_k must lie in 1..experts ({experts}), got {top_k}")
     nbytes, spec = fp.dtype_bytes(dtype), _spec(device_spec)
     dims = ModelDims.from_config(config)
     rank = default_rank(dims) if rank is None else _at_least("rank", rank, 1)
@@ -284,7 +285,7 @@ def plan_search(config, *, predictor_samples: int, verify_shapes: int, blocks: i
     _at_least("batch_size", batch_size, 1)
     evaluations = predictor_samples + verify_shapes
     if evaluations < 1:
-        raise ValueError("nothing to evaluate: predictor_samples + verify_shapes must be >= 1")
+        raise InputError("nothing to evaluate: predictor_samples + verify_shapes must be >= 1")
     nbytes, spec = fp.dtype_bytes(dtype), _spec(device_spec)
     dims = ModelDims.from_config(config)
     batches, batch = math.ceil(blocks / batch_size), min(batch_size, blocks)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from amoeba_search.errors import InputError
+
 DEFAULT_FLOOR = "10x"  # ten times the full model's held-out perplexity
 
 
@@ -16,10 +18,10 @@ def quality_floor(max_metric: float | str | None, full_metric: float) -> float |
     try:
         value = float(text[:-1]) * full_metric if text.endswith("x") else float(text)
     except ValueError:
-        raise ValueError(f"quality floor {max_metric!r}: give a number (e.g. 400) or a multiple of the full "
+        raise InputError(f"quality floor {max_metric!r}: give a number (e.g. 400) or a multiple of the full "
                          f"model's metric (e.g. 10x)") from None
     if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"quality floor {max_metric!r} must be a positive, finite number")
+        raise InputError(f"quality floor {max_metric!r} must be a positive, finite number")
     return value
 
 

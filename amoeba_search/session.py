@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from amoeba_search.defaults import Artefacts, committed_dir, resolve_artefacts
+from amoeba_search.errors import InputError
 from amoeba_search.resources import is_committed
 
 if TYPE_CHECKING:  # torch and the model stack load only when a model is opened
@@ -221,7 +222,7 @@ def resolve_table(model: str, device: str | None = None, flow: str | None = None
     loaded = LatencyTable.load(path)
     for name, wanted in (("flow", flow), ("device", device)):
         if wanted is not None and getattr(loaded, name) != wanted:
-            raise ValueError(f"{path} is a table for {name} {getattr(loaded, name)!r}, not {wanted!r}; "
+            raise InputError(f"{path} is a table for {name} {getattr(loaded, name)!r}, not {wanted!r}; "
                              f"pass the table measured for it (amoeba-profile --device D --flow F)")
     return TableChoice(path, loaded, device, flow)
 
@@ -278,7 +279,7 @@ def latency_model(choice: TableChoice, config, model: str, metric: str = "decode
         from amoeba_search.search.costs import ENERGY_COLUMN, energy_predictor
 
         if choice.table is None:
-            raise ValueError("--metric energy needs a measured table with energy columns; an estimate (--roofline) "
+            raise InputError("--metric energy needs a measured table with energy columns; an estimate (--roofline) "
                              "has none: drop --roofline or use --metric decode")
         costs.cost_fn = energy_predictor(choice.table)
         costs.label = (f"energy table {choice.path.name} ({ENERGY_COLUMN}, {costs.flow} on {costs.device}, "
@@ -298,7 +299,7 @@ def memory_budget(budget_mb: float | None, costs_source, config, dtype: str) -> 
     if budget_mb is None:
         return {}, {}
     if budget_mb <= 0:
-        raise ValueError(f"--memory-budget-mb must be positive, got {budget_mb:g}")
+        raise InputError(f"--memory-budget-mb must be positive, got {budget_mb:g}")
     from amoeba_search.profiling.roofline import memory_footprint_bytes
 
     keys = costs_source.settings if hasattr(costs_source, "settings") else costs_source.key

@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
+from amoeba_search.errors import InputError
+
 _SHAPE_RE = re.compile(r"^d(\d+)-f([0-9.]+)-h([0-9.]+)$")
 _RATIO_DECIMALS = 3
 
@@ -21,7 +23,7 @@ _RATIO_DECIMALS = 3
 def _ratio(value: float, name: str) -> float:
     value = float(value)
     if not 0.0 < value <= 1.0:
-        raise ValueError(f"{name} must be in (0, 1], got {value}")
+        raise InputError(f"{name} must be in (0, 1], got {value}")
     return round(value, _RATIO_DECIMALS)
 
 
@@ -76,7 +78,7 @@ class SubnetShape:
 
     def __post_init__(self):
         if isinstance(self.depth, bool) or int(self.depth) != self.depth or self.depth < 1:
-            raise ValueError(f"depth must be a positive integer, got {self.depth!r}")
+            raise InputError(f"depth must be a positive integer, got {self.depth!r}")
         object.__setattr__(self, "depth", int(self.depth))
         object.__setattr__(self, "ffn_ratio", _ratio(self.ffn_ratio, "ffn_ratio"))
         object.__setattr__(self, "heads_ratio", _ratio(self.heads_ratio, "heads_ratio"))
@@ -87,9 +89,14 @@ class SubnetShape:
     @classmethod
     def parse(cls, text: str) -> "SubnetShape":
         match = _SHAPE_RE.match(text.strip())
+        unreadable = InputError(f"cannot read shape {text!r}: expected the form d20-f0.75-h0.667")
         if not match:
-            raise ValueError(f"cannot read shape {text!r}: expected the form d20-f0.75-h0.667")
-        return cls(int(match[1]), float(match[2]), float(match[3]))
+            raise unreadable
+        try:
+            ffn, heads = float(match[2]), float(match[3])
+        except ValueError:  # e.g. 0.7.5, which the pattern lets through
+            raise unreadable from None
+        return cls(int(match[1]), ffn, heads)
 
     def to_dict(self) -> dict:
         return {"depth": self.depth, "ffn_ratio": self.ffn_ratio, "heads_ratio": self.heads_ratio}
@@ -103,7 +110,7 @@ class SubnetShape:
     def check(self, dims: ModelDims) -> None:
         """Raise ``ValueError`` if this shape cannot be cut from a model of ``dims``."""
         if not 1 <= self.depth <= dims.num_layers:
-            raise ValueError(f"depth {self.depth} is outside 1..{dims.num_layers} for this model")
+            raise InputError(f"depth {self.depth} is outside 1..{dims.num_layers} for this model")
 
     def ffn_channels(self, dims: ModelDims) -> int:
         return max(1, round(self.ffn_ratio * dims.ffn_size))
@@ -127,17 +134,17 @@ class SearchSpace:
 
     def __post_init__(self):
         if not self.depths or not self.ffn_ratios or not self.heads_ratios:
-            raise ValueError("a search space needs at least one choice of depth, ffn ratio and heads ratio")
+            raise InputError("a search space needs at least one choice of depth, ffn ratio and heads ratio")
         depths = tuple(sorted(set(int(d) for d in self.depths)))
         if depths[0] < 1 or depths[-1] > self.dims.num_layers:
-            raise ValueError(f"depth choices must lie in 1..{self.dims.num_layers}, got {list(depths)}")
+            raise InputError(f"depth choices must lie in 1..{self.dims.num_layers}, got {list(depths)}")
         ffn = tuple(sorted(set(_ratio(r, "ffn ratio") for r in self.ffn_ratios)))
         heads = tuple(sorted(set(_ratio(r, "heads ratio") for r in self.heads_ratios)))
         group = self.dims.group_size
         for r in heads:
             if abs(r * group - round(r * group)) > 0.02 or round(r * group) < 1:
                 allowed = ", ".join(_fmt(round(g / group, _RATIO_DECIMALS)) for g in range(1, group + 1))
-                raise ValueError(
+                raise InputError(
                     f"heads ratio {r} does not keep a whole number of query heads per KV head "
                     f"({self.dims.num_heads} heads / {self.dims.num_kv_heads} KV heads); use one of {allowed}"
                 )
@@ -154,7 +161,7 @@ class SearchSpace:
         n = dims.num_layers
         min_depth = max(1, n // 2) if min_depth is None else min_depth
         if not 1 <= min_depth <= n:
-            raise ValueError(f"min_depth must lie in 1..{n}, got {min_depth}")
+            raise InputError(f"min_depth must lie in 1..{n}, got {min_depth}")
         depths = sorted(set(range(n, min_depth - 1, -depth_step)) | {min_depth})
         group = dims.group_size
         heads = [g / group for g in range(1, group + 1) if dims.hidden_size % (g * dims.num_kv_heads) == 0]
@@ -172,7 +179,7 @@ class SearchSpace:
                                      (shape.heads_ratio, self.heads_ratios, "heads ratio")):
             if value not in choices:
                 listed = ", ".join(_fmt(c) for c in choices)
-                raise ValueError(f"{name} {_fmt(value)} of shape {shape} is not in the search space; choose from {listed}")
+                raise InputError(f"{name} {_fmt(value)} of shape {shape} is not in the search space; choose from {listed}")
         return shape
 
     def __len__(self) -> int:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from amoeba_search.errors import InputError
 from amoeba_search.fingerprint import WEIGHT_KEYS, same_weights
 from amoeba_search.paths import atomic_write_text
 from amoeba_search.shapes import SubnetShape
@@ -28,7 +29,7 @@ def _dumps(value: Any, indent: int = 0) -> str:
     return json.dumps(value)
 
 
-class StrategyMismatchError(ValueError):
+class StrategyMismatchError(InputError):
     """The strategy was computed for another model."""
 
 
@@ -48,7 +49,7 @@ class SelectionStrategy:
     def layers_for(self, depth: int) -> list[int]:
         if depth not in self.depth_layers:
             known = sorted(self.depth_layers)
-            raise ValueError(f"the strategy has no layer set for depth {depth}; it covers depths {known[0]}..{known[-1]}")
+            raise InputError(f"the strategy has no layer set for depth {depth}; it covers depths {known[0]}..{known[-1]}")
         return list(self.depth_layers[depth])
 
     def layers_for_shape(self, shape: SubnetShape) -> list[int]:
@@ -68,22 +69,22 @@ class SelectionStrategy:
         for depth, layers in self.depth_layers.items():
             if (len(layers) != depth or list(layers) != sorted(set(layers))
                     or any(not 0 <= i < n for i in layers)):
-                raise ValueError(f"depth {depth} of the strategy lists {layers}: expected {depth} ascending "
+                raise InputError(f"depth {depth} of the strategy lists {layers}: expected {depth} ascending "
                                  f"distinct layer indices in 0..{n - 1}")
         if self.ffn_orders is not None:
             if len(self.ffn_orders) != n or any(sorted(o) != list(range(ffn)) for o in self.ffn_orders):
-                raise ValueError(f"ffn_orders must hold, for each of {n} layers, a permutation of 0..{ffn - 1}")
+                raise InputError(f"ffn_orders must hold, for each of {n} layers, a permutation of 0..{ffn - 1}")
         if self.head_orders is not None:
             if len(self.head_orders) != n or any(len(g) != kv or any(sorted(r) != list(range(group)) for r in g)
                                                  for g in self.head_orders):
-                raise ValueError(f"head_orders must hold, for each of {n} layers and {kv} KV groups, "
+                raise InputError(f"head_orders must hold, for each of {n} layers and {kv} KV groups, "
                                  f"a permutation of 0..{group - 1}")
         if self.channel_means is not None:
             width = {"ffn": ffn, "attn": dims["num_heads"] * dims["head_dim"]}
             if (set(self.channel_means) != set(width) or any(
                     len(self.channel_means[k]) != n or any(len(row) != w for row in self.channel_means[k])
                     for k, w in width.items())):
-                raise ValueError(f"channel_means must hold 'ffn' ({n} x {width['ffn']}) and "
+                raise InputError(f"channel_means must hold 'ffn' ({n} x {width['ffn']}) and "
                                  f"'attn' ({n} x {width['attn']}) means")
 
     def check_model(self, fingerprint: dict[str, Any]) -> None:
@@ -125,11 +126,11 @@ class SelectionStrategy:
     def from_dict(cls, data: dict[str, Any], *, source: str = "strategy") -> "SelectionStrategy":
         """The strategy in ``data``; ``source`` names where it came from in error messages (its file)."""
         if not isinstance(data, dict):
-            raise ValueError(f"{source} is a JSON {type(data).__name__}, not a selection strategy object; "
+            raise InputError(f"{source} is a JSON {type(data).__name__}, not a selection strategy object; "
                              "make one with amoeba-select")
         version = data.get("schema_version")
         if version != SCHEMA_VERSION:
-            raise ValueError(f"{source} has schema version {version!r}, not {SCHEMA_VERSION}; recompute it with "
+            raise InputError(f"{source} has schema version {version!r}, not {SCHEMA_VERSION}; recompute it with "
                              "amoeba-select")
         try:
             if not isinstance(data["fingerprint"], dict):
@@ -147,13 +148,13 @@ class SelectionStrategy:
             )
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             what = f"no {err.args[0]!r} entry" if isinstance(err, KeyError) and err.args else str(err)
-            raise ValueError(f"{source} is malformed ({what}); make it again with amoeba-select") from err
+            raise InputError(f"{source} is malformed ({what}); make it again with amoeba-select") from err
         try:
             strategy.validate()
         except ValueError as err:
-            raise ValueError(f"{source}: {err}") from err
+            raise InputError(f"{source}: {err}") from err
         except (KeyError, TypeError, AttributeError) as err:
-            raise ValueError(f"{source} is malformed (its fingerprint's dims: {err!r}); make it again with "
+            raise InputError(f"{source} is malformed (its fingerprint's dims: {err!r}); make it again with "
                              "amoeba-select") from err
         return strategy
 

@@ -12,12 +12,12 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from amoeba_search.errors import AmoebaError
+from amoeba_search.errors import AmoebaError, InputError
 
-# Errors a user can cause and fix; anything else (a bare KeyError, TypeError, ...) is a bug and keeps its
-# traceback. The library raises ValueError with the fix in the message; names it does not know are
-# errors.UnknownNameError (an AmoebaError).
-USER_ERRORS = (AmoebaError, ValueError, FileExistsError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+# Errors a user can cause and fix: the library's own (errors.AmoebaError: InputError with the fix in the message,
+# UnknownNameError, MissingDependency, ...) and the OS's about paths. Anything else, a plain ValueError included,
+# is a bug and keeps its traceback.
+USER_ERRORS = (AmoebaError, FileExistsError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
                PermissionError)
 TERMINATED_STATUS = 128 + signal.SIGTERM  # 143, what a shell reports for a process ended by SIGTERM
 
@@ -238,7 +238,7 @@ def artefacts_of(args):
     from amoeba_search.defaults import resolve_artefacts
 
     if getattr(args, "layers", None) and args.strategy is not None:
-        raise ValueError("--layers and --strategy both choose the kept layers; pick one")
+        raise InputError("--layers and --strategy both choose the kept layers; pick one")
     return resolve_artefacts(args.model, args.strategy, args.adapter, no_adapter=args.no_adapter,
                              layers=bool(getattr(args, "layers", None)))
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from amoeba_search.cli._common import (ArgumentParser, add_artefact_arguments, add_compute_arguments, artefacts_of, compute_line,
                                        compute_of, emit_json, file_path, load_options, positive_int, run)
+from amoeba_search.errors import InputError
 
 PROG = "amoeba-eval"
 PPL_HELP = "ppl:<source>: perplexity on wiki, austen, lee, or a .txt/.jsonl file"
@@ -111,13 +112,13 @@ def main(argv=None) -> int:
         if args.list_tasks:
             return _list(args)
         if not args.tasks:
-            raise ValueError("--tasks is required (e.g. --tasks amoeba_goal_inference,ppl:wiki); "
+            raise InputError("--tasks is required (e.g. --tasks amoeba_goal_inference,ppl:wiki); "
                              f"see {PROG} --list-tasks")
         from amoeba_search.evaluation.harness import evaluate_tasks, resolve_tasks
         from amoeba_search.evaluation.records import merge_eval_file
 
         if args.limit is not None and args.limit < 1:
-            raise ValueError(f"--limit must be a positive number of items, got {args.limit}")
+            raise InputError(f"--limit must be a positive number of items, got {args.limit}")
         resolve_tasks(args.tasks, task_dir=args.task_dir)  # fail on a bad name before loading any weights
         layers = args.layers or None  # a list of indices (layer_list)
         compute = compute_of(args)

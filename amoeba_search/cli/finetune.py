@@ -10,6 +10,7 @@ from amoeba_search.cli._common import (ArgumentParser, add_compute_arguments, co
                                        non_negative_float, non_negative_int, positive_float, positive_int, run,
                                        unit_float)
 from amoeba_search.cli._dry_run import add_dry_run_arguments
+from amoeba_search.errors import InputError
 
 PROG = "amoeba-finetune"
 
@@ -92,11 +93,11 @@ def main(argv=None) -> int:
         if args.dry_run:
             return _dry_run(args)
         if args.out is None:
-            raise ValueError("--out is required: the run directory (or pass --dry-run for the plan)")
+            raise InputError("--out is required: the run directory (or pass --dry-run for the plan)")
         rank, world = init_distributed()
         compute = compute_of(args, rank=rank)
         if compute.dtype == torch.float16:
-            raise ValueError("fine-tuning in fp16 needs loss scaling, which amoeba-finetune does not do; "
+            raise InputError("fine-tuning in fp16 needs loss scaling, which amoeba-finetune does not do; "
                              "use --dtype bf16 (CUDA, or a CPU with bf16 instructions) or fp32")
         # the frozen model in the compute dtype, straight onto the device; the adapter trains in fp32 (autocast)
         loaded = open_supernet(args.model, args.strategy, dtype=compute.dtype, device=compute.device)

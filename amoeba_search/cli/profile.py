@@ -10,6 +10,7 @@ from pathlib import Path
 
 from amoeba_search.cli._common import (ArgumentParser, check_writable, file_path, non_negative_float, non_negative_int, positive_float, positive_int,
                                        run)
+from amoeba_search.errors import InputError
 
 PROG = "amoeba-profile"
 DEFAULT_PROMPT, DEFAULT_CONTEXT = 128, 160
@@ -142,7 +143,7 @@ def _compute_device(name: str | None, spec) -> str | None:
 
     device = parse_device(name)
     if device.type != ("cuda" if spec.backend == "cuda" else "cpu"):
-        raise ValueError(f"--compute-device {name} cannot stand for {spec.name} (a {spec.kind} device); "
+        raise InputError(f"--compute-device {name} cannot stand for {spec.name} (a {spec.kind} device); "
                          f"give a {'CUDA GPU, e.g. cuda:0' if spec.backend == 'cuda' else 'cpu'} or leave it out")
     return str(device)
 
@@ -168,20 +169,20 @@ def _run(args) -> int:
         from amoeba_search.profiling.transfer import MAX_ANCHORS
 
         if not 1 <= args.anchors <= MAX_ANCHORS:
-            raise ValueError(f"--anchors must be between 1 and {MAX_ANCHORS}, got {args.anchors}")
+            raise InputError(f"--anchors must be between 1 and {MAX_ANCHORS}, got {args.anchors}")
         if args.shapes:
-            raise ValueError("--transfer chooses its anchor shapes itself; leave out --shapes (or set --anchors)")
+            raise InputError("--transfer chooses its anchor shapes itself; leave out --shapes (or set --anchors)")
         source_table = LatencyTable.load(args.transfer)
         args.flow = args.flow or source_table.flow
         args.dtype, args.batch = source_table.dtype, int(source_table.batch)
         args.prompt_len, args.context_len = int(source_table.prompt_len), int(source_table.context_len)
     if not args.device or not args.flow:
-        raise ValueError("--device and --flow are required (see --list-devices and --list-flows)")
+        raise InputError("--device and --flow are required (see --list-devices and --list-flows)")
     for name in ("batch", "prompt_len", "repeats", "max_rounds", "passes", "max_attempts"):
         if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1")
     if args.context_len <= args.prompt_len:
-        raise ValueError(f"--context-len ({args.context_len}) must exceed --prompt-len ({args.prompt_len}): "
+        raise InputError(f"--context-len ({args.context_len}) must exceed --prompt-len ({args.prompt_len}): "
                          f"decode runs from the prompt up to the context length")
     flow_name = resolve_flow_name(args.flow)
     spec = get_device(args.device, profiles=profiles, spec_files=args.device_spec)
@@ -295,7 +296,7 @@ def _reference(args, source):
     try:
         shape = SubnetShape.parse(args.reference)
     except ValueError as exc:
-        raise ValueError(f"--reference {args.reference}: {exc}; give a shape such as d30-f1-h1, or full") from None
+        raise InputError(f"--reference {args.reference}: {exc}; give a shape such as d30-f1-h1, or full") from None
     shape.check(source.dims)
     return shape
 
@@ -309,7 +310,7 @@ def _check_not_transferred(out: Path) -> None:
         except ValueError:
             return  # not a table yet (header only): run_profile decides
         if (rows["role"] == "transferred").any():
-            raise ValueError(f"{out} already holds transferred rows; pass --overwrite to transfer again")
+            raise InputError(f"{out} already holds transferred rows; pass --overwrite to transfer again")
 
 
 def _write_transfer(source_table, request, plan, kind: str) -> dict:

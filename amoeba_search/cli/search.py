@@ -8,7 +8,7 @@ from pathlib import Path
 from amoeba_search.cli._common import (ArgumentParser, add_artefact_arguments, add_compute_arguments, artefacts_of, compute_line,
                                        compute_of, emit_json, file_path, positive_float, positive_int, run, unit_float)
 from amoeba_search.cli._dry_run import add_dry_run_arguments
-
+from amoeba_search.errors import InputError
 from amoeba_search.quality import DEFAULT_FLOOR
 
 PROG = "amoeba-search"
@@ -127,12 +127,12 @@ def main(argv=None) -> int:
         budget, unit = _budget(args)
         task_path = check_objective(args.objective, task_dir=args.task_dir)  # before loading anything
         if task_path is not None and args.task_limit < 1:
-            raise ValueError(f"--task-limit must be positive, got {args.task_limit}")
+            raise InputError(f"--task-limit must be positive, got {args.task_limit}")
         _note_heldout_task(args.objective)
         used = artefacts_of(args)
         verify = "none" if args.no_verify else args.verify
         if args.verify_count < 1:
-            raise ValueError(f"--verify-count must be at least 1, got {args.verify_count}")
+            raise InputError(f"--verify-count must be at least 1, got {args.verify_count}")
         max_metric = parse_floor(args.max_metric)
         choice = resolve_table(args.model, args.device, args.flow, args.table, roofline=args.roofline)
         if args.export_best is not None and args.export_best.exists():
@@ -225,13 +225,13 @@ def _budget(args) -> tuple[float, str]:
     """The budget and its unit: --budget-mj with --metric energy, --budget-ms otherwise (never both)."""
     if args.metric == "energy":
         if args.budget_ms is not None or args.budget_mj is None:
-            raise ValueError("--metric energy budgets millijoules per token: pass --budget-mj (not --budget-ms)")
+            raise InputError("--metric energy budgets millijoules per token: pass --budget-mj (not --budget-ms)")
         if args.roofline:
-            raise ValueError("--metric energy needs a measured table with energy columns; an estimate (--roofline) "
+            raise InputError("--metric energy needs a measured table with energy columns; an estimate (--roofline) "
                              "has none: drop --roofline or use --metric decode")
         return args.budget_mj, "mJ"
     if args.budget_mj is not None or args.budget_ms is None:
-        raise ValueError(f"--metric {args.metric} budgets latency: pass --budget-ms (--budget-mj goes with "
+        raise InputError(f"--metric {args.metric} budgets latency: pass --budget-ms (--budget-mj goes with "
                          "--metric energy)")
     return args.budget_ms, "ms"
 
@@ -292,7 +292,7 @@ def _check_storage(url: str) -> None:
         open_storage(url)
     except Exception as err:  # sqlalchemy / driver / file errors differ; all mean the same to a user
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ValueError(f"cannot open the Optuna storage {describe_storage(url)!r}: {first[:200]}; check the URL, "
+        raise InputError(f"cannot open the Optuna storage {describe_storage(url)!r}: {first[:200]}; check the URL, "
                          "the database driver and that the server is reachable") from None
 
 

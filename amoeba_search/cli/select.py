@@ -8,6 +8,7 @@ from pathlib import Path
 from amoeba_search.cli._common import (ArgumentParser, check_writable, add_compute_arguments, compute_line, compute_of, emit_json, file_path,
                                        load_options, non_negative_int, positive_int, run)
 from amoeba_search.cli._dry_run import add_dry_run_arguments
+from amoeba_search.errors import InputError
 
 PROG = "amoeba-select"
 
@@ -89,7 +90,7 @@ def main(argv=None) -> int:
         if args.dry_run:
             return _dry_run(args)
         if args.out is None:
-            raise ValueError("--out is required: the strategy JSON to write (or pass --dry-run for the plan)")
+            raise InputError("--out is required: the strategy JSON to write (or pass --dry-run for the plan)")
         if args.out.exists() and not args.overwrite:
             raise FileExistsError(f"{args.out} already exists; choose another --out or pass --overwrite")
         check_writable(args.out)

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from amoeba_search.data.sources import Source, load_documents, source_fingerprint, source_name
 from amoeba_search.data.splits import DEFAULT_FRACTIONS, SPLITS, check_fractions, split_documents
+from amoeba_search.errors import InputError
 from amoeba_search.paths import atomic_file, cache_dir
 
 logger = logging.getLogger(__name__)
@@ -29,9 +30,9 @@ def token_blocks(source: Source, tokenizer, *, split: str = "eval", seq_len: int
                  seed: int = 0) -> torch.Tensor:
     """``(n_blocks, seq_len)`` int64 token ids of ``split``, at most ``max_blocks`` of them (all if None)."""
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+        raise InputError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     if seq_len < 1 or (max_blocks is not None and max_blocks < 1):
-        raise ValueError(f"seq_len and max_blocks must be positive, got {seq_len} and {max_blocks}")
+        raise InputError(f"seq_len and max_blocks must be positive, got {seq_len} and {max_blocks}")
     fractions = check_fractions(fractions)
     key = {"format": FORMAT_VERSION, "source": source_fingerprint(source),
            "tokenizer": tokenizer_fingerprint(tokenizer), "split": split, "seq_len": seq_len,
@@ -44,7 +45,7 @@ def token_blocks(source: Source, tokenizer, *, split: str = "eval", seq_len: int
         blocks = _cut(_tokenize(docs, tokenizer), seq_len)
         _save_atomic(blocks, path, {"key": json.dumps(key, sort_keys=True)})
     if len(blocks) == 0 or (max_blocks is not None and len(blocks) < max_blocks):
-        raise ValueError(
+        raise InputError(
             f"not enough text: the {split!r} split of {source_name(source)!r} makes {len(blocks)} blocks of "
             f"{seq_len} tokens, {max_blocks or 'at least 1'} requested; ask for max_blocks <= {len(blocks)}, "
             "a shorter seq_len, other fractions, or a larger source (e.g. 'austen')")

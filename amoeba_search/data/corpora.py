@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from amoeba_search.data.document import Document
-from amoeba_search.errors import MissingDependency
+from amoeba_search.errors import InputError, MissingDependency
 
 
 class CorpusNotAvailable(MissingDependency):
@@ -44,7 +44,7 @@ def get_corpus(name: str) -> Corpus:
     try:
         return CORPORA[name]
     except KeyError:
-        raise ValueError(unknown_source_message(name)) from None
+        raise InputError(unknown_source_message(name)) from None
 
 
 def unknown_source_message(name: str) -> str:

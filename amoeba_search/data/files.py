@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from amoeba_search.data.document import Document, text_id
+from amoeba_search.errors import InputError
 
 SUFFIXES = (".txt", ".jsonl")
 
@@ -27,7 +28,7 @@ def read_path(path: Path) -> list[Document]:
     if path.is_dir():
         docs = [Document(str(p.relative_to(path)), _read_text(p)) for p in _txt_files(path)]
         if not any(d.text.strip() for d in docs):
-            raise ValueError(f"directory {path} holds no .txt file with text; put .txt documents in it or give "
+            raise InputError(f"directory {path} holds no .txt file with text; put .txt documents in it or give "
                              "another source")
         return docs
     if path.suffix == ".txt":
@@ -36,10 +37,10 @@ def read_path(path: Path) -> list[Document]:
     elif path.suffix == ".jsonl":
         docs = _read_jsonl(path)
     else:
-        raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use .txt, .jsonl or a directory of .txt "
+        raise InputError(f"{path}: unsupported file type {path.suffix!r}; use .txt, .jsonl or a directory of .txt "
                          "files")
     if not docs:
-        raise ValueError(f"{path} holds no text (an empty file); give a file with documents in it")
+        raise InputError(f"{path} holds no text (an empty file); give a file with documents in it")
     return docs
 
 
@@ -47,7 +48,7 @@ def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise ValueError(f"{path} is not UTF-8 text (byte {err.start}); convert it to UTF-8") from None
+        raise InputError(f"{path} is not UTF-8 text (byte {err.start}); convert it to UTF-8") from None
 
 
 def jsonl_records(path) -> Iterator[tuple[int, Any]]:
@@ -62,16 +63,16 @@ def jsonl_records(path) -> Iterator[tuple[int, Any]]:
                 try:
                     yield lineno, json.loads(line)
                 except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+                    raise InputError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
         except UnicodeDecodeError:
-            raise ValueError(f"{path}:{lineno + 1}: not UTF-8 text; convert the file to UTF-8") from None
+            raise InputError(f"{path}:{lineno + 1}: not UTF-8 text; convert the file to UTF-8") from None
 
 
 def _read_jsonl(path: Path) -> list[Document]:
     docs = []
     for lineno, record in jsonl_records(path):
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise ValueError(f"{path}:{lineno}: expected an object with a string 'text' field")
+            raise InputError(f"{path}:{lineno}: expected an object with a string 'text' field")
         text = record["text"]
         docs.append(Document(str(record["id"]) if "id" in record else text_id(text), text))
     return docs

@@ -12,6 +12,8 @@ import logging
 from pathlib import Path
 from typing import Iterable, NamedTuple, Sequence
 
+from amoeba_search.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 
@@ -23,7 +25,7 @@ class MCItem(NamedTuple):
     answer: int  # index of the correct choice
 
 
-class TaskFileError(ValueError):
+class TaskFileError(InputError):
     """A local task file that cannot be read; the message names the file, the row and the field."""
 
 
@@ -86,7 +88,7 @@ def write_task_file(path: str | Path, items: Iterable[Sequence]) -> Path:
         checked = check_row({"context": context, "choices": list(choices), "answer": answer}, f"item {i}")
         rows.append(json.dumps(checked._asdict(), ensure_ascii=False))
     if not rows:
-        raise ValueError("no items to write")
+        raise InputError("no items to write")
     atomic_write_text(path, "\n".join(rows) + "\n")
     logger.info("wrote %d multiple-choice items to %s", len(rows), path)
     return Path(path)

@@ -16,7 +16,7 @@ from typing import Union
 from amoeba_search.data.corpora import CORPORA, get_corpus, load_corpus, unknown_source_message
 from amoeba_search.data.document import Document, text_id
 from amoeba_search.data.files import SUFFIXES, path_fingerprint, read_path
-from amoeba_search.errors import MissingDependency
+from amoeba_search.errors import InputError, MissingDependency
 
 Source = Union[str, os.PathLike, Sequence[Document]]
 
@@ -57,7 +57,7 @@ def _existing_path(text: str) -> Path:
         return path
     if path.suffix in SUFFIXES or os.sep in text:
         raise FileNotFoundError(f"no such file or directory: {text}")
-    raise ValueError(unknown_source_message(text))
+    raise InputError(unknown_source_message(text))
 
 
 def _load_hf(spec: str) -> list[Document]:
@@ -75,7 +75,7 @@ def _load_hf(spec: str) -> list[Document]:
     docs = []
     for split_name in sorted(splits):
         if "text" not in splits[split_name].column_names:
-            raise ValueError(f"hf:{spec} split {split_name!r} has no 'text' column "
+            raise InputError(f"hf:{spec} split {split_name!r} has no 'text' column "
                              f"(columns: {', '.join(splits[split_name].column_names)})")
         docs += [Document(text_id(t), t) for t in splits[split_name]["text"] if t.strip()]
     return docs

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from amoeba_search.data.document import Document
 from amoeba_search.data.sources import Source, load_documents, source_name
+from amoeba_search.errors import InputError
 
 SPLITS = ("train", "calib", "eval")
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
@@ -18,7 +19,7 @@ DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
 def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
     fractions = tuple(float(f) for f in fractions)
     if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
-        raise ValueError(f"fractions must be three non-negative numbers (train, calib, eval) summing to 1, "
+        raise InputError(f"fractions must be three non-negative numbers (train, calib, eval) summing to 1, "
                          f"got {fractions}")
     return fractions
 

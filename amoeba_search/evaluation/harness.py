@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from amoeba_search.data.multiple_choice import read_task_file
-from amoeba_search.errors import AmoebaError, UnknownNameError
+from amoeba_search.errors import AmoebaError, InputError, UnknownNameError
 from amoeba_search.evaluation import local_tasks
 from amoeba_search.shapes import ModelDims, SubnetShape
 
@@ -55,7 +55,7 @@ def parse_tasks(tasks: str | Sequence[str]) -> list[str]:
     names = tasks.split(",") if isinstance(tasks, str) else list(tasks)
     names = [n.strip() for n in names if n and n.strip()]
     if not names:
-        raise ValueError("no tasks given; name at least one, e.g. amoeba_goal_inference or ppl:wiki")
+        raise InputError("no tasks given; name at least one, e.g. amoeba_goal_inference or ppl:wiki")
     seen = set()
     return [n for n in names if not (n in seen or seen.add(n))]
 
@@ -71,7 +71,7 @@ def resolve_tasks(tasks: str | Sequence[str], *, task_dir: str | Path | None = N
         if name.startswith(PPL_PREFIX):
             source = name[len(PPL_PREFIX):]
             if not source:
-                raise ValueError(f"{name!r} names no text source; e.g. ppl:wiki, ppl:austen or ppl:my_text.txt")
+                raise InputError(f"{name!r} names no text source; e.g. ppl:wiki, ppl:austen or ppl:my_text.txt")
             out.append(TaskRequest(name, "ppl", source=source))
             continue
         path = local_tasks.task_file(name, task_dir)
@@ -141,7 +141,7 @@ def _unwrap(model, tokenizer, shape: SubnetShape | str | None, layers: Sequence[
                       "num_heads": exported.get("num_heads", dims.num_heads)})
         facts.update({k: v for k, v in exported.items() if k in ("exported_from", "export_dir")})
     if tokenizer is None:
-        raise ValueError("a tokenizer is needed with a plain model (pass the one it was loaded with)")
+        raise InputError("a tokenizer is needed with a plain model (pass the one it was loaded with)")
     facts.setdefault("model", getattr(model.config, "_name_or_path", "") or type(model).__name__)
     facts["shape"] = None if shape is None else str(shape)
     facts["kept_layers"] = None if layers is None else [int(i) for i in layers]
@@ -229,9 +229,9 @@ def evaluate_tasks(model, tokenizer=None, tasks: str | Sequence[str] = (), *, li
     perplexity tasks score ``ppl_blocks`` blocks of ``ppl_seq_len`` tokens of the source's eval split.
     """
     if limit is not None and limit < 1:
-        raise ValueError(f"limit must be a positive number of items, got {limit}")
+        raise InputError(f"limit must be a positive number of items, got {limit}")
     if batch_size < 1 or ppl_blocks < 1 or ppl_seq_len < 2:
-        raise ValueError("batch_size, ppl_blocks must be >= 1 and ppl_seq_len >= 2")
+        raise InputError("batch_size, ppl_blocks must be >= 1 and ppl_seq_len >= 2")
     requests = resolve_tasks(tasks, task_dir=task_dir)
     hf_model, tokenizer, facts = _unwrap(model, tokenizer, shape, layers)
     logger.info("evaluating %s (shape %s) on %d tasks: %s", facts["model"], facts["shape"], len(requests),

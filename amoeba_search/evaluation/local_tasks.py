@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from amoeba_search.data.multiple_choice import MCItem, read_task_file
-from amoeba_search.errors import UnknownNameError
+from amoeba_search.errors import InputError, UnknownNameError
 from amoeba_search.paths import cache_dir
 
 TASK_PREFIX = "amoeba_"
@@ -130,7 +130,7 @@ def write_lm_eval_yaml(name: str, path: str | Path, directory: str | Path) -> Pa
 def random_baseline(items: Sequence[MCItem]) -> float:
     """Expected accuracy of picking a choice uniformly at random."""
     if not items:
-        raise ValueError("no items")
+        raise InputError("no items")
     return sum(1.0 / len(item.choices) for item in items) / len(items)
 
 

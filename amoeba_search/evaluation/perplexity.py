@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from amoeba_search.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 
@@ -30,10 +32,10 @@ def sliding_windows(tokens: torch.Tensor, window: int, stride: int) -> tuple[tor
     ``window - stride`` earlier tokens that an earlier window already scored.
     """
     if not 0 < stride <= window:
-        raise ValueError(f"stride must be in 1..window ({window}), got {stride}")
+        raise InputError(f"stride must be in 1..window ({window}), got {stride}")
     tokens = tokens.reshape(-1)
     if tokens.numel() < window:
-        raise ValueError(f"{tokens.numel()} tokens are fewer than one window of {window}")
+        raise InputError(f"{tokens.numel()} tokens are fewer than one window of {window}")
     starts = list(range(0, tokens.numel() - window + 1, stride))
     windows = torch.stack([tokens[s:s + window] for s in starts])
     score_from = torch.tensor([1] + [window - stride] * (len(starts) - 1))
@@ -49,7 +51,7 @@ def perplexity(model, blocks: torch.Tensor, *, batch_size: int = 8, score_from: 
     ``Supernet`` at its active shape, an exported checkpoint.
     """
     if blocks.dim() != 2 or blocks.shape[1] < 2:
-        raise ValueError(f"blocks must be (n, T) with T >= 2, got {tuple(blocks.shape)}")
+        raise InputError(f"blocks must be (n, T) with T >= 2, got {tuple(blocks.shape)}")
     n, length = blocks.shape
     starts = torch.as_tensor(score_from).expand(n) if not torch.is_tensor(score_from) or score_from.dim() == 0 \
         else score_from

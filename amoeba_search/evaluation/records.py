@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from amoeba_search.errors import InputError
 from amoeba_search.paths import atomic_write_text
 from amoeba_search.shapes import SubnetShape
 
@@ -29,9 +30,9 @@ def merge_eval_record(entries: list[dict], record: dict) -> list[dict]:
     """Merge ``record`` into the entry of its shape in ``entries`` (in place; appended if none); return it."""
     shape = record.get("shape")
     if shape is None:
-        raise ValueError("the eval record has no shape to merge by; evaluate with a shape (or label one)")
+        raise InputError("the eval record has no shape to merge by; evaluate with a shape (or label one)")
     if not isinstance(entries, list):
-        raise ValueError(f"expected a list of entries, got {type(entries).__name__}")
+        raise InputError(f"expected a list of entries, got {type(entries).__name__}")
     for entry in entries:
         if isinstance(entry, dict) and _same_shape(entry.get("shape"), shape):
             break
@@ -63,10 +64,10 @@ def merge_eval_file(path: str | Path, record: dict) -> Path:
     elif isinstance(data, dict):
         key = next((k for k in LIST_KEYS if isinstance(data.get(k), list)), None)
         if key is None:
-            raise ValueError(f"{path} is a JSON object without a list of entries under any of {', '.join(LIST_KEYS)}")
+            raise InputError(f"{path} is a JSON object without a list of entries under any of {', '.join(LIST_KEYS)}")
         entries = data[key]
     else:
-        raise ValueError(f"{path} must hold a JSON list of entries or an object with one")
+        raise InputError(f"{path} must hold a JSON list of entries or an object with one")
     merge_eval_record(entries, record)
     atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
     return path

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from amoeba_search.data.files import jsonl_records
+from amoeba_search.errors import InputError
 from amoeba_search.finetune.losses import IGNORE
 
 PROMPT = ("Below is an instruction that describes a task{with_input}. Write a response that appropriately "
@@ -66,7 +67,7 @@ def instruction_data(path, tokenizer, *, seq_len: int, max_examples: int | None 
     for lineno, record in jsonl_records(path):
         if not isinstance(record, dict) or not isinstance(record.get("instruction"), str) \
                 or not isinstance(record.get("output"), str):
-            raise ValueError(f"{path}:{lineno}: expected an object with string 'instruction' and 'output' fields")
+            raise InputError(f"{path}:{lineno}: expected an object with string 'instruction' and 'output' fields")
         extra = record.get("input") or ""
         prompt = PROMPT.format(with_input=", paired with an input that provides further context" if extra else "",
                                instruction=record["instruction"],
@@ -84,7 +85,7 @@ def instruction_data(path, tokenizer, *, seq_len: int, max_examples: int | None 
         if max_examples is not None and len(rows_ids) >= max_examples:
             break
     if not rows_ids:
-        raise ValueError(f"{path}: no usable instruction examples (prompts longer than --seq-len {seq_len}: "
+        raise InputError(f"{path}: no usable instruction examples (prompts longer than --seq-len {seq_len}: "
                          f"{truncated}); raise --seq-len")
     return TrainingData(torch.tensor(rows_ids), torch.tensor(rows_labels),
                         {"kind": "instruction", "source": str(path), "seq_len": seq_len, "examples": len(rows_ids),

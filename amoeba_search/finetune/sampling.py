@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import random
 
+from amoeba_search.errors import InputError
 from amoeba_search.shapes import SearchSpace, SubnetShape
 
 
@@ -10,7 +11,7 @@ def sandwich(space: SearchSpace, num_random: int, *, seed: int, step: int) -> li
     """[largest, smallest, k random shapes] for ``step``: a pure function of (seed, step), so a resumed run
     samples exactly what the uninterrupted one would. Random shapes avoid repeats while the space allows."""
     if num_random < 0:
-        raise ValueError(f"the number of random shapes per step must be >= 0, got {num_random}")
+        raise InputError(f"the number of random shapes per step must be >= 0, got {num_random}")
     rng = random.Random(f"sandwich:{seed}:{step}")
     largest, smallest = space.largest(), space.smallest()
     shapes = [largest] + ([smallest] if smallest != largest else [])

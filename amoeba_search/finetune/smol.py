@@ -26,7 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from amoeba_search.errors import AmoebaError
+from amoeba_search.errors import InputError
 from amoeba_search.models.supernet import SlicedLinear, Supernet
 from amoeba_search.paths import atomic_dir
 from amoeba_search.shapes import ModelDims, SubnetShape
@@ -38,7 +38,7 @@ ADAPTER_CONFIG = "adapter.json"
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-class AdapterMismatchError(AmoebaError, ValueError):
+class AdapterMismatchError(InputError):
     """The adapter was trained for another model or another channel/head order."""
 
 
@@ -65,15 +65,15 @@ class SMoLConfig:
 
     def __post_init__(self):
         if self.num_experts < 1 or not 1 <= self.top_k <= self.num_experts:
-            raise ValueError(f"need 1 <= top_k <= experts, got top_k={self.top_k}, experts={self.num_experts}")
+            raise InputError(f"need 1 <= top_k <= experts, got top_k={self.top_k}, experts={self.num_experts}")
         if self.rank < 1 or self.alpha <= 0:
-            raise ValueError(f"LoRA rank and alpha must be positive, got rank={self.rank}, alpha={self.alpha}")
+            raise InputError(f"LoRA rank and alpha must be positive, got rank={self.rank}, alpha={self.alpha}")
         if not self.noise_std > 0:
-            raise ValueError(f"the gate's initial noise std must be positive, got {self.noise_std} "
+            raise InputError(f"the gate's initial noise std must be positive, got {self.noise_std} "
                              "(to route without noise, set noise=False)")
         unknown = sorted(set(self.targets) - set(TARGETS))
         if unknown or not self.targets:
-            raise ValueError(f"unknown LoRA target(s) {unknown}; choose from {', '.join(TARGETS)}")
+            raise InputError(f"unknown LoRA target(s) {unknown}; choose from {', '.join(TARGETS)}")
         object.__setattr__(self, "targets", tuple(self.targets))
 
     @property
@@ -320,16 +320,16 @@ class SMoLAdapter(nn.Module):
 
         record = read_json(config_path, what="adapter config", fix="pass the --out of amoeba-finetune")
         if record.get("kind") != "smol-adapter":
-            raise ValueError(f"{config_path}: not a SMoL adapter")
+            raise InputError(f"{config_path}: not a SMoL adapter")
         schema = record.get("schema_version")
         if schema not in READABLE_SCHEMAS:
-            raise ValueError(f"{config_path}: a schema-{schema} SMoL adapter, this version reads schemas "
+            raise InputError(f"{config_path}: a schema-{schema} SMoL adapter, this version reads schemas "
                              f"{', '.join(map(str, READABLE_SCHEMAS))} (the mixture's scale changed in schema 2); "
                              "run amoeba-finetune again")
         missing = [key for key in ("dims", "order_digest", "config") if key not in record]
         if missing or not isinstance(record["config"], dict) or "targets" not in record["config"]:
             lacks = ", ".join(map(repr, missing)) if missing else "'config.targets'"
-            raise ValueError(f"adapter config {config_path} lacks {lacks}; it is damaged: train the adapter again "
+            raise InputError(f"adapter config {config_path} lacks {lacks}; it is damaged: train the adapter again "
                              "with amoeba-finetune")
         if record["dims"] != supernet.dims.to_dict():
             raise AdapterMismatchError(f"the adapter in {directory} was trained for another model "
@@ -341,7 +341,7 @@ class SMoLAdapter(nn.Module):
             config = dict(record["config"], targets=tuple(record["config"]["targets"]))
             adapter = cls(supernet, SMoLConfig(**config))
         except (TypeError, ValueError) as err:
-            raise ValueError(f"adapter config {config_path} holds a config this version cannot build ({err}); "
+            raise InputError(f"adapter config {config_path} holds a config this version cannot build ({err}); "
                              "train the adapter again with amoeba-finetune") from err
         weights = directory / ADAPTER_WEIGHTS
         if not weights.is_file():
@@ -351,7 +351,7 @@ class SMoLAdapter(nn.Module):
             state = load_file(str(weights))
         except (SafetensorError, OSError) as err:  # a truncated or empty file
             reason = " ".join(str(err).split()) or type(err).__name__
-            raise ValueError(f"adapter weights {weights} cannot be read ({reason}); the file is truncated or "
+            raise InputError(f"adapter weights {weights} cannot be read ({reason}); the file is truncated or "
                              "damaged: copy it again or train the adapter again") from err
         if schema == 2:  # its gate read the uncentred shape: the same as a zero centre
             state.setdefault("gate.center", torch.zeros_like(adapter.gate.center))
@@ -359,7 +359,7 @@ class SMoLAdapter(nn.Module):
             adapter.load_state_dict(state)
         except RuntimeError as err:
             first = str(err).strip().splitlines()[0]
-            raise ValueError(f"adapter weights {weights} do not fit the adapter its config describes ({first}); "
+            raise InputError(f"adapter weights {weights} do not fit the adapter its config describes ({first}); "
                              "the files come from different runs: train the adapter again") from err
         return adapter.eval()
 

@@ -26,7 +26,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
 from amoeba_search.distributed import barrier, rank_world
-from amoeba_search.errors import AmoebaError
+from amoeba_search.errors import AmoebaError, InputError
 from amoeba_search.finetune.data import TrainingData
 from amoeba_search.finetune.losses import balance, distill_loss, lm_loss, teacher_targets
 from amoeba_search.finetune.sampling import sandwich
@@ -72,9 +72,9 @@ class TrainConfig:
     def __post_init__(self):
         for name in ("steps", "batch_size", "seq_len", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or not 0 <= self.label_weight <= 1 or self.temperature <= 0:
-            raise ValueError("need lr > 0, 0 <= label_weight <= 1 and temperature > 0")
+            raise InputError("need lr > 0, 0 <= label_weight <= 1 and temperature > 0")
 
     def lr_at(self, step: int) -> float:
         """Linear warm-up, then cosine decay to ``min_lr_ratio * lr`` at the last step."""
@@ -224,7 +224,7 @@ class Trainer:
             if previous.get(key) != json.loads(json.dumps(self.run_info[key], default=str)):
                 changed.append(key)
         if changed:
-            raise ValueError(f"cannot resume {self.out}: these settings differ from the run there: "
+            raise InputError(f"cannot resume {self.out}: these settings differ from the run there: "
                              f"{', '.join(changed)}; use the same settings or another --out")
 
     def save_checkpoint(self) -> Path | None:
@@ -305,7 +305,7 @@ def read_log(out_dir) -> list[dict]:
             out.append({k: (v if k == "shapes" else int(v) if k in ("step", "tokens") else float(v))
                         for k, v in row.items()})
         except (TypeError, ValueError):
-            raise ValueError(f"{path}:{lineno}: not a row of numbers; the log is damaged: fix or delete that "
+            raise InputError(f"{path}:{lineno}: not a row of numbers; the log is damaged: fix or delete that "
                              "line") from None
     return out
 
@@ -318,18 +318,18 @@ def _log_rows(path: Path) -> list[dict]:
             rows = list(reader)
             fields = reader.fieldnames or []
     except UnicodeDecodeError:
-        raise ValueError(f"{path} is not UTF-8 text; the log is damaged: delete it or start another --out") from None
+        raise InputError(f"{path} is not UTF-8 text; the log is damaged: delete it or start another --out") from None
     except csv.Error as err:
-        raise ValueError(f"{path} is not a readable CSV ({err}); the log is damaged: delete it or start another "
+        raise InputError(f"{path} is not a readable CSV ({err}); the log is damaged: delete it or start another "
                          "--out") from None
     if "step" not in fields:
-        raise ValueError(f"{path} is not an amoeba-finetune log (no 'step' column in its header); the log is "
+        raise InputError(f"{path} is not an amoeba-finetune log (no 'step' column in its header); the log is "
                          "damaged: delete it or start another --out")
     for lineno, row in enumerate(rows, 2):
         try:
             int(row["step"])
         except (TypeError, ValueError):
-            raise ValueError(f"{path}:{lineno}: step {row['step']!r} is not a number; the log is damaged: fix "
+            raise InputError(f"{path}:{lineno}: step {row['step']!r} is not a number; the log is damaged: fix "
                              "or delete that line") from None
     return rows
 

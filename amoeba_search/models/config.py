@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import copy
 
+from amoeba_search.errors import InputError
 from amoeba_search.shapes import ModelDims, SubnetShape
 
 SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2")
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(InputError):
     """The model is not a LLaMA-style decoder that amoeba-search knows how to cut."""
 
 

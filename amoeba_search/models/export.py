@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from amoeba_search import __version__
+from amoeba_search.errors import InputError
 from amoeba_search.models.config import subnet_config
 from amoeba_search.models.supernet import Supernet
 from amoeba_search.paths import atomic_dir
@@ -35,7 +36,7 @@ def export_subnet(supernet: Supernet, shape: SubnetShape, out_dir: str | Path, *
     config.dtype = str(next(supernet.model.parameters()).dtype).removeprefix("torch.")
     flags = {k: v for k, v in supernet.compensated_biases().items() if v}
     if flags and config.model_type != "llama":
-        raise ValueError(f"a subnet with bias compensation exports only as a LLaMA checkpoint (mlp_bias / "
+        raise InputError(f"a subnet with bias compensation exports only as a LLaMA checkpoint (mlp_bias / "
                          f"attention_bias); this is {config.model_type!r}: use a strategy without channel_means")
     for flag in flags:
         setattr(config, flag, True)
@@ -43,7 +44,7 @@ def export_subnet(supernet: Supernet, shape: SubnetShape, out_dir: str | Path, *
         state = {name: tensor.cpu() for name, tensor in supernet.subnet_state_dict().items()}
         broken = [name for name, tensor in state.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
         if broken:  # a diverged adapter merged in: refuse before anything lands at out_dir
-            raise ValueError(f"the subnet's weights hold NaN or inf ({len(broken)} tensors, e.g. {broken[0]}); "
+            raise InputError(f"the subnet's weights hold NaN or inf ({len(broken)} tensors, e.g. {broken[0]}); "
                              "nothing was written: re-train the adapter with a lower --lr or export without it")
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         del state
@@ -75,7 +76,7 @@ def check_gguf_type(gguf: str | None) -> None:
     from amoeba_search.models.gguf_quantize import llamacpp_quant_types
 
     if gguf is not None and gguf not in GGUF_TYPES and gguf.upper() not in llamacpp_quant_types():
-        raise ValueError(f"unknown GGUF type {gguf!r}: use {', '.join(GGUF_TYPES)} (gguf-py), or a llama.cpp "
+        raise InputError(f"unknown GGUF type {gguf!r}: use {', '.join(GGUF_TYPES)} (gguf-py), or a llama.cpp "
                          f"type such as {', '.join(llamacpp_quant_types()[:4])} (needs llama-cpp-python)")
 
 

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from amoeba_search.errors import InputError
 from amoeba_search.models.config import check_supported, subnet_config
 from amoeba_search.shapes import ModelDims, SubnetShape
 
@@ -21,7 +22,7 @@ def dtype_bytes(dtype: str) -> int:
     try:
         return DTYPE_BYTES[str(dtype).lower()]
     except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPE_BYTES)}") from None
+        raise InputError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPE_BYTES)}") from None
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ def kv_cache_bytes_per_token(config, shape: SubnetShape | None = None, *, dtype:
 
 def kv_cache_bytes(config, shape: SubnetShape | None = None, *, context: int, batch: int = 1, dtype: str) -> int:
     if context < 0 or batch < 1:
-        raise ValueError(f"need context >= 0 and batch >= 1, got context={context}, batch={batch}")
+        raise InputError(f"need context >= 0 and batch >= 1, got context={context}, batch={batch}")
     return kv_cache_bytes_per_token(config, shape, dtype=dtype) * context * batch
 
 
@@ -118,7 +119,7 @@ def forward_flops_per_token(config, shape: SubnetShape | None = None, *, context
 def sequence_flops(config, shape: SubnetShape | None = None, *, seq_len: int) -> int:
     """Forward FLOPs of one causal sequence of ``seq_len`` tokens (position t attends to t + 1 tokens)."""
     if seq_len < 1:
-        raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+        raise InputError(f"seq_len must be >= 1, got {seq_len}")
     base = forward_flops_per_token(config, shape, context=0)
     per_context = forward_flops_per_token(config, shape, context=1) - base
     return seq_len * base + per_context * seq_len * (seq_len + 1) // 2
@@ -145,7 +146,7 @@ def check_param_count(config, shape: SubnetShape | None = None) -> int:
     cut = _cut(config, shape)
     analytic, built = param_count(cut).total, meta_param_count(cut)
     if analytic != built:
-        raise ValueError(f"analytic parameter count {analytic:,} differs from the {built:,} of the "
+        raise InputError(f"analytic parameter count {analytic:,} differs from the {built:,} of the "
                          f"{cut.model_type} model transformers builds: this config has parts footprint.py "
                          "does not count; extend param_count for it")
     return analytic

@@ -17,6 +17,7 @@ import gguf
 import numpy as np
 import torch
 
+from amoeba_search.errors import InputError
 from amoeba_search.paths import atomic_file
 
 logger = logging.getLogger(__name__)
@@ -55,14 +56,14 @@ def write_gguf(model, tokenizer, path, *, dtype: str = "f16", tokenizer_gguf=Non
     cannot be recognised from the tokenizer. The file is written to a temporary name and renamed at the end.
     """
     if dtype not in GGUF_TYPES:
-        raise ValueError(f"dtype must be one of {GGUF_TYPES}, got {dtype!r}; for other llama.cpp types "
+        raise InputError(f"dtype must be one of {GGUF_TYPES}, got {dtype!r}; for other llama.cpp types "
                          "write f16 or f32 and use amoeba_search.models.gguf_quantize.quantize_with_llamacpp")
     if tokenizer is None and tokenizer_gguf is None:
-        raise ValueError("pass a tokenizer, or tokenizer_gguf= (a GGUF file to copy the tokenizer from)")
+        raise InputError("pass a tokenizer, or tokenizer_gguf= (a GGUF file to copy the tokenizer from)")
     config = model.config
     model_type = getattr(config, "model_type", None)
     if model_type not in _ARCHS:
-        raise ValueError(f"model type {model_type!r} cannot be written to GGUF; supported: {sorted(_ARCHS)}")
+        raise InputError(f"model type {model_type!r} cannot be written to GGUF; supported: {sorted(_ARCHS)}")
     arch = _ARCHS[model_type]
     if arch == gguf.MODEL_ARCH.QWEN2 and config.num_attention_heads * _head_dim(config) != config.hidden_size:
         # llama.cpp's qwen2 graph sizes attn_q as (hidden, hidden), so it cannot hold a head-pruned model.
@@ -150,7 +151,7 @@ def _tensors(model, arch: gguf.MODEL_ARCH, dtype: str):
             continue  # llama.cpp falls back to token_embd when output.weight is absent
         gguf_name = tensor_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if gguf_name is None:
-            raise ValueError(f"no GGUF name for tensor {hf_name!r} of a {arch.name.lower()} model")
+            raise InputError(f"no GGUF name for tensor {hf_name!r} of a {arch.name.lower()} model")
         t = t.detach().to("cpu", torch.float32)
         if arch == gguf.MODEL_ARCH.LLAMA:  # qwen2 keeps HF's layout; llama.cpp ropes it NEOX-style
             if hf_name.endswith(("q_proj.weight", "q_proj.bias")):
@@ -180,15 +181,15 @@ def _add_hf_tokenizer(writer: gguf.GGUFWriter, tokenizer, vocab_size: int, token
         tokenizer.save_pretrained(tmp)
         tok_json = json.loads((Path(tmp) / "tokenizer.json").read_text(encoding="utf-8"))
         if tok_json["model"]["type"] != "BPE" or tok_json["model"].get("byte_fallback"):
-            raise ValueError("only byte-level BPE tokenizers can be exported; pass tokenizer_gguf= instead")
+            raise InputError("only byte-level BPE tokenizers can be exported; pass tokenizer_gguf= instead")
         # SpecialVocab reads merges and bos/eos/unk/pad ids and the chat template from the saved files.
         special = gguf.SpecialVocab(tmp, load_merges=True, n_vocab=vocab_size)
     if not special.merges:
-        raise ValueError("llama.cpp needs BPE merges, and this tokenizer has none")
+        raise InputError("llama.cpp needs BPE merges, and this tokenizer has none")
 
     vocab = tokenizer.get_vocab()
     if max(vocab.values()) >= vocab_size:
-        raise ValueError(f"tokenizer has ids >= the model's vocab size {vocab_size}")
+        raise InputError(f"tokenizer has ids >= the model's vocab size {vocab_size}")
     id_to_token = {i: t for t, i in vocab.items()}
     added = tokenizer.added_tokens_decoder  # id -> AddedToken
     tokens, types = [], []
@@ -226,7 +227,7 @@ def _pre_tokenizer_name(pre: dict | None) -> str:
         name = _SPLIT_REGEX_PRE.get(steps[0].get("pattern", {}).get("Regex"))
         if name:
             return name
-    raise ValueError(f"cannot tell llama.cpp's pre-tokenizer for {pre!r}; pass tokenizer_pre= "
+    raise InputError(f"cannot tell llama.cpp's pre-tokenizer for {pre!r}; pass tokenizer_pre= "
                      "(e.g. 'gpt-2', 'llama-bpe', 'qwen2') or tokenizer_gguf=")
 
 
@@ -234,7 +235,7 @@ def _copy_tokenizer(writer: gguf.GGUFWriter, source) -> None:
     """Copy every ``tokenizer.*`` key of the GGUF file ``source`` unchanged."""
     reader = gguf.GGUFReader(source)
     if "tokenizer.ggml.tokens" not in reader.fields:
-        raise ValueError(f"{source} holds no tokenizer (tokenizer.ggml.tokens missing)")
+        raise InputError(f"{source} holds no tokenizer (tokenizer.ggml.tokens missing)")
     for key, field in reader.fields.items():
         if not key.startswith("tokenizer."):
             continue

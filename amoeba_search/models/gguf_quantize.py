@@ -17,7 +17,7 @@ from pathlib import Path
 
 import gguf
 
-from amoeba_search.errors import MissingDependency
+from amoeba_search.errors import InputError, MissingDependency
 from amoeba_search.paths import atomic_file
 
 # gguf-py mirrors llama.h's llama_ftype enum as LlamaFileType. llama-quantize names a type without the
@@ -44,7 +44,7 @@ def quantize_with_llamacpp(src_gguf, dst_gguf, type_name: str) -> Path:
     if key not in _FTYPES:
         close = difflib.get_close_matches(key, _FTYPES, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown llama.cpp quantization type {type_name!r}{hint}; known: {', '.join(_FTYPES)}")
+        raise InputError(f"unknown llama.cpp quantization type {type_name!r}{hint}; known: {', '.join(_FTYPES)}")
     src, dst = Path(src_gguf), Path(dst_gguf)
     if not src.is_file():
         raise FileNotFoundError(f"no GGUF file at {src}")
@@ -74,7 +74,7 @@ def _run_executable(exe: str, src: Path, out: Path, key: str) -> None:
 def _run_python(llama_cpp, src: Path, out: Path, key: str) -> None:
     ftype = getattr(llama_cpp, f"LLAMA_FTYPE_{_FTYPES[key].name}", None)
     if ftype is None:
-        raise ValueError(f"the installed llama-cpp-python does not know the type {key}; upgrade it")
+        raise InputError(f"the installed llama-cpp-python does not know the type {key}; upgrade it")
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
     # llama-cpp-python prints llama.cpp's log lines at or above its logger's level; keep quantizing quiet.

@@ -17,6 +17,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from amoeba_search.errors import InputError
 from amoeba_search.models.config import check_supported
 from amoeba_search.paths import atomic_dir, cache_dir
 
@@ -49,11 +50,11 @@ ALIASES: dict[str, _PackagedGGUF] = {
 }
 
 
-class ModelNotFoundError(ValueError):
+class ModelNotFoundError(InputError):
     """The model spec names nothing we can load here."""
 
 
-class DevicePlanError(ValueError):
+class DevicePlanError(InputError):
     """A ``device_map`` plan that does not fit the memory it may use."""
 
 

@@ -7,6 +7,7 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from amoeba_search.errors import InputError
 from amoeba_search.models.supernet import Supernet
 from amoeba_search.shapes import SearchSpace, SubnetShape
 from amoeba_search.strategy import SelectionStrategy
@@ -29,7 +30,7 @@ class LoadedSupernet:
             return self.strategy.layers_for(shape.depth)
         if shape.depth == self.supernet.dims.num_layers:
             return None
-        raise ValueError(f"depth {shape.depth} needs a selection strategy (--strategy, made by amoeba-select) "
+        raise InputError(f"depth {shape.depth} needs a selection strategy (--strategy, made by amoeba-select) "
                          f"or explicit --layers")
 
     def space(self, **kwargs) -> SearchSpace:

@@ -22,6 +22,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.models.llama.modeling_llama import eager_attention_forward
 
+from amoeba_search.errors import InputError
 from amoeba_search.models.config import check_supported
 from amoeba_search.shapes import ModelDims, SubnetShape
 
@@ -148,11 +149,11 @@ class Supernet:
         n, kv, group = self.dims.num_layers, self.dims.num_kv_heads, self.dims.group_size
         if ffn_orders is not None:
             if len(ffn_orders) != n:
-                raise ValueError(f"ffn_orders has {len(ffn_orders)} layers, the model has {n}")
+                raise InputError(f"ffn_orders has {len(ffn_orders)} layers, the model has {n}")
             for i, (layer, order) in enumerate(zip(self.layers, ffn_orders)):
                 order = torch.as_tensor(order, dtype=torch.long)
                 if sorted(order.tolist()) != list(range(self.dims.ffn_size)):
-                    raise ValueError(f"ffn order of layer {i} is not a permutation of 0..{self.dims.ffn_size - 1}")
+                    raise InputError(f"ffn order of layer {i} is not a permutation of 0..{self.dims.ffn_size - 1}")
                 where = torch.argsort(self.ffn_index[i])  # original index -> current position
                 index = where[order]
                 _permute_rows(layer.mlp.gate_proj, index)
@@ -161,12 +162,12 @@ class Supernet:
                 self.ffn_index[i] = order.clone()
         if head_orders is not None:
             if len(head_orders) != n:
-                raise ValueError(f"head_orders has {len(head_orders)} layers, the model has {n}")
+                raise InputError(f"head_orders has {len(head_orders)} layers, the model has {n}")
             targets = []
             for i, ranks in enumerate(head_orders):
                 ranks = torch.stack([torch.as_tensor(r, dtype=torch.long) for r in ranks])
                 if ranks.shape != (kv, group) or any(sorted(r.tolist()) != list(range(group)) for r in ranks):
-                    raise ValueError(f"head order of layer {i} must rank 0..{group - 1} within each of {kv} KV groups")
+                    raise InputError(f"head order of layer {i} must rank 0..{group - 1} within each of {kv} KV groups")
                 targets.append(torch.stack([k * group + ranks[k, r] for r in range(group) for k in range(kv)]))
             self._reorder_heads(targets, from_hf=False)
 
@@ -194,7 +195,7 @@ class Supernet:
             weight = self.layers[0].mlp.down_proj.weight
             tensors = {k: [torch.as_tensor(row, dtype=torch.float64) for row in means[k]] for k in width}
             if any(len(tensors[k]) != n or any(t.shape != (w,) for t in tensors[k]) for k, w in width.items()):
-                raise ValueError(f"channel means must be {n} x {width['ffn']} (ffn) and {n} x {width['attn']} (attn)")
+                raise InputError(f"channel means must be {n} x {width['ffn']} (ffn) and {n} x {width['attn']} (attn)")
             # fp32 whatever the weights' dtype: the compensation is a sum over up to all removed channels
             self.channel_means = {k: [t.to(weight.device, torch.float32) for t in v] for k, v in tensors.items()}
         if getattr(self, "active_shape", None) is not None:
@@ -221,11 +222,11 @@ class Supernet:
         n = self.dims.num_layers
         if layers is None:
             if shape.depth != n:
-                raise ValueError(f"depth {shape.depth} < {n} needs the kept layers (from a selection strategy)")
+                raise InputError(f"depth {shape.depth} < {n} needs the kept layers (from a selection strategy)")
             layers = range(n)
         layers = tuple(int(i) for i in layers)
         if len(layers) != shape.depth or len(set(layers)) != len(layers) or any(not 0 <= i < n for i in layers):
-            raise ValueError(f"shape {shape} needs {shape.depth} distinct layer indices in 0..{n - 1}, got {list(layers)}")
+            raise InputError(f"shape {shape} needs {shape.depth} distinct layer indices in 0..{n - 1}, got {list(layers)}")
         layers = tuple(sorted(layers))
         channels, g = shape.ffn_channels(self.dims), shape.heads_per_group(self.dims)
         q_width = g * self.dims.num_kv_heads * self.dims.head_dim

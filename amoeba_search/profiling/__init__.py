@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from amoeba_search.errors import InputError
 from amoeba_search.resources import committed_profiles
 
 # The committed profiles/: the source checkout's, or the copy an installed wheel carries (amoeba_search.resources).
@@ -92,7 +93,7 @@ def table_path(model: str | os.PathLike | None, device: str, flow: str, *, for_w
     """
     for name, value in (("device", device), ("flow", flow)):
         if not value or "/" in value or "\\" in value or value.strip(".") == "":
-            raise ValueError(f"{name} {value!r} cannot name a table file; give a plain name such as "
+            raise InputError(f"{name} {value!r} cannot name a table file; give a plain name such as "
                              f"{'cpu' if name == 'device' else 'torch'}")
     relative = Path(model_slug(model)) / device / f"{flow}.csv"
     if profiles is not None:

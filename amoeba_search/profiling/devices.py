@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from amoeba_search.errors import AmoebaError
+from amoeba_search.errors import AmoebaError, InputError
+from amoeba_search.jsonfile import read_json
 from amoeba_search.paths import atomic_write_text, portable_path
 from amoeba_search.profiling.machine import MachineInfo, measure_matmul_tflops, measure_memory_bandwidth
 
@@ -25,7 +26,7 @@ logger = logging.getLogger(__name__)
 KINDS = ("cpu", "nvidia-gpu", "jetson")
 
 
-class UnknownDeviceError(ValueError):
+class UnknownDeviceError(InputError):
     """No device of that name; the message lists the close names and how to add one."""
 
 
@@ -50,12 +51,12 @@ class DeviceSpec:
 
     def __post_init__(self):
         if self.kind not in KINDS:
-            raise ValueError(f"device {self.name!r}: kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+            raise InputError(f"device {self.name!r}: kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
         object.__setattr__(self, "sources", tuple(dict(s) for s in self.sources))
         object.__setattr__(self, "power_modes", tuple(dict(m) for m in self.power_modes))
         for mode in self.power_modes:
             if "name" not in mode:
-                raise ValueError(f"device {self.name!r}: every power mode needs a name, got {mode!r}")
+                raise InputError(f"device {self.name!r}: every power mode needs a name, got {mode!r}")
 
     @property
     def backend(self) -> str:
@@ -79,17 +80,17 @@ class DeviceSpec:
             if str(mode["name"]).upper().removesuffix("W") == key:
                 return mode
         known = ", ".join(m["name"] for m in self.power_modes) or "none"
-        raise ValueError(f"device {self.name!r} has no power mode {name!r}; its modes: {known}")
+        raise InputError(f"device {self.name!r} has no power mode {name!r}; its modes: {known}")
 
     @classmethod
     def from_dict(cls, data: dict) -> "DeviceSpec":
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"device spec has unknown fields {unknown}; allowed: {sorted(known)}")
+            raise InputError(f"device spec has unknown fields {unknown}; allowed: {sorted(known)}")
         missing = [k for k in ("name", "kind", "description") if k not in data]
         if missing:
-            raise ValueError(f"device spec lacks required fields {missing}")
+            raise InputError(f"device spec lacks required fields {missing}")
         return cls(**data)
 
 
@@ -185,19 +186,15 @@ def _spec_files(profiles: Path | None) -> dict[str, Path]:
 def load_spec_file(path: str | os.PathLike) -> DeviceSpec:
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = read_json(path, what="device spec")
+    except FileNotFoundError as exc:
+        raise InputError(str(exc)) from None
     except OSError as exc:
-        raise ValueError(f"cannot read device spec {path}: {exc.strerror or exc}") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"device spec {path} is not valid JSON: {exc}") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"device spec {path} is not UTF-8 text") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"device spec {path} must be a JSON object")
+        raise InputError(f"cannot read device spec {path}: {exc.strerror or exc}") from None
     try:
         return DeviceSpec.from_dict(data)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"device spec {path}: {exc}") from None
+        raise InputError(f"device spec {path}: {exc}") from None
 
 
 def list_devices(*, profiles: Path | None = None, spec_files: Iterable[str | os.PathLike] = ()) -> dict[str, DeviceSpec]:

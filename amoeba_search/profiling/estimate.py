@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from amoeba_search.errors import InputError
 from amoeba_search.profiling.devices import DeviceSpec
 from amoeba_search.profiling.roofline import _bytes_per, param_counts, roofline_estimate
 from amoeba_search.shapes import SubnetShape
@@ -84,7 +85,7 @@ def fit_overheads(roof_ms, layers, measured_ms) -> dict:
 
     roof, layers, y = (np.asarray(v, dtype=float) for v in (roof_ms, layers, measured_ms))
     if len(y) < 3:
-        raise ValueError(f"fitting overheads needs at least 3 measured rows, got {len(y)}")
+        raise InputError(f"fitting overheads needs at least 3 measured rows, got {len(y)}")
     x = np.column_stack([roof, layers, np.ones_like(y)])
     w = 1.0 / y
     coef, _ = nnls(x * w[:, None], y * w)
@@ -99,7 +100,7 @@ def fit_flow_overheads(frame, spec: DeviceSpec) -> dict:
     """Fit the overhead terms of one measured table (a DataFrame of a ``LatencyTable``'s rows) on ``spec``, the
     device it was measured on, for decode and prefill."""
     if not spec.memory_bandwidth_gbs:
-        raise ValueError(f"device {spec.name!r} has no memory bandwidth in its spec; cannot fit overheads")
+        raise InputError(f"device {spec.name!r} has no memory bandwidth in its spec; cannot fit overheads")
     out = {}
     for metric in METRICS:
         roof = [row_roofline_ms(row, spec, metric) for _, row in frame.iterrows()]
@@ -151,7 +152,7 @@ def refit_committed(model: str = "smollm2-135m", device: str = "cpu", *, profile
     folder = root / model / device
     tables = sorted(folder.glob("*.csv"))
     if not tables:
-        raise ValueError(f"no measured tables in {folder}; profile some with amoeba-profile first")
+        raise InputError(f"no measured tables in {folder}; profile some with amoeba-profile first")
     return write_flow_overheads(root / OVERHEADS_FILE, tables, load_spec_file(folder / "device.json"), root=root.parent)
 
 
@@ -165,7 +166,7 @@ def load_flow_overheads(path: str | os.PathLike | None = None) -> tuple[dict, st
             try:
                 return json.loads(candidate.read_text()), str(candidate)
             except (OSError, json.JSONDecodeError) as exc:
-                raise ValueError(f"cannot read the flow overheads {candidate}: {exc}") from None
+                raise InputError(f"cannot read the flow overheads {candidate}: {exc}") from None
     return {}, None
 
 
@@ -246,7 +247,7 @@ class FlowEstimator:
     def predict_detail(self, shape: SubnetShape | str, *, metric: str = "decode") -> dict:
         shape = SubnetShape.parse(shape) if isinstance(shape, str) else shape
         if metric not in ("decode", "prefill", "e2e"):
-            raise ValueError(f"unknown metric {metric!r}; choose from decode, prefill, e2e")
+            raise InputError(f"unknown metric {metric!r}; choose from decode, prefill, e2e")
         detail = flow_estimate(self.spec, self.config, shape, flow=self.flow, overheads=self.overheads,
                                **self.settings)
         return {**detail, "metric": metric, "latency_ms": detail[f"{metric}_ms"]}

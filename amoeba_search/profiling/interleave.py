@@ -12,6 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
+from amoeba_search.errors import InputError
 from amoeba_search.profiling.flows.base import Measurement
 
 
@@ -21,12 +22,12 @@ def bracketed_ratios(shape_ms: Sequence[float], reference_ms: Sequence[float]) -
     shape = np.asarray(shape_ms, dtype=float)
     reference = np.asarray(reference_ms, dtype=float)
     if shape.ndim != 1 or len(shape) < 1:
-        raise ValueError("bracketed_ratios needs at least one shape round")
+        raise InputError("bracketed_ratios needs at least one shape round")
     if len(reference) != len(shape) + 1:
-        raise ValueError(f"{len(shape)} shape round(s) need {len(shape) + 1} reference rounds around them "
+        raise InputError(f"{len(shape)} shape round(s) need {len(shape) + 1} reference rounds around them "
                          f"(R S R S ... R), got {len(reference)}")
     if (reference <= 0).any() or (shape <= 0).any():
-        raise ValueError("latencies must be positive to form a ratio")
+        raise InputError("latencies must be positive to form a ratio")
     return shape / (0.5 * (reference[:-1] + reference[1:]))
 
 

@@ -13,6 +13,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from amoeba_search.errors import InputError
 from amoeba_search.models.config import check_supported, subnet_config
 from amoeba_search.shapes import ModelDims, SubnetShape
 
@@ -100,8 +101,8 @@ def load_model_source(spec: str | None = None) -> ModelSource:
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if isinstance(exc, ValueError) and first.startswith(("unknown model", "model file", "the default model")):
-            raise ValueError(first) from None
-        raise ValueError(f"cannot read model {spec!r}: {first}") from None
+            raise InputError(first) from None
+        raise InputError(f"cannot read model {spec!r}: {first}") from None
     check_supported(source.config)
     return source
 
@@ -158,7 +159,7 @@ def build_random_checkpoint(config, shape: SubnetShape, out_dir: str | os.PathLi
     from transformers import AutoModelForCausalLM
 
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     cut = subnet_config(config, shape)
     cut.use_cache = True

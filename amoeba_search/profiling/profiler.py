@@ -22,6 +22,7 @@ from typing import Callable
 
 import numpy as np
 
+from amoeba_search.errors import InputError
 from amoeba_search.profiling.devices import DeviceSpec
 from amoeba_search.profiling.flows.base import Flow, Measurement, MeasureSettings
 from amoeba_search.profiling.lut import LatencyTable
@@ -105,7 +106,7 @@ class ProfileRequest:
 
     def __post_init__(self):
         if self.reference_reload < 1:
-            raise ValueError(f"reference_reload must be at least 1 (shapes per load of the reference), "
+            raise InputError(f"reference_reload must be at least 1 (shapes per load of the reference), "
                              f"got {self.reference_reload}")
         if isinstance(self.reference, str):
             self.reference = SubnetShape.parse(self.reference)
@@ -351,7 +352,7 @@ def _effective_reference(request: ProfileRequest, done: Counter) -> SubnetShape 
                     request.out)
         return None
     if have.iloc[0] != str(request.reference):
-        raise ValueError(f"{request.out} holds ratios to reference {have.iloc[0]}, not {request.reference}; pass "
+        raise InputError(f"{request.out} holds ratios to reference {have.iloc[0]}, not {request.reference}; pass "
                          f"--reference {have.iloc[0]} to continue it")
     return request.reference
 
@@ -425,7 +426,7 @@ def run_profile(request: ProfileRequest, flow: Flow, *,
         return _overwrite_when_complete(request, flow, on_start=on_start, on_row=on_row, power_source=power_source)
     started = time.perf_counter()
     if request.settings.decode_tokens < 1:
-        raise ValueError("context length must exceed the prompt length by at least one decode token")
+        raise InputError("context length must exceed the prompt length by at least one decode token")
     plan = request.full_plan()
     done = existing_rows(request)
     pending = pending_measurements(plan, done, passes=request.passes, seed=request.seed)
@@ -462,7 +463,7 @@ def run_profile(request: ProfileRequest, flow: Flow, *,
                                                      dtype=_checkpoint_dtype(request), seed=request.seed)
                 if needs_tokenizer and not save_tokenizer(request.source, checkpoint):
                     if getattr(flow, "needs_tokenizer", False):
-                        raise ValueError(f"flow {request.flow_name!r} needs a tokenizer, and model "
+                        raise InputError(f"flow {request.flow_name!r} needs a tokenizer, and model "
                                          f"{request.source.spec!r} has none; pass --model with a tokenizer")
                 m, energy, load, attempts = _measure_least_disturbed(
                     request, flow, checkpoint, Path(tmp) / "work", power_source,

@@ -6,6 +6,7 @@ prefill is usually compute-bound.
 """
 from __future__ import annotations
 
+from amoeba_search.errors import InputError
 from amoeba_search.models.config import subnet_config
 from amoeba_search.profiling.devices import DeviceSpec
 from amoeba_search.shapes import ModelDims, SubnetShape
@@ -21,7 +22,7 @@ def _bytes_per(dtype: str) -> float:
     try:
         return BYTES_PER_WEIGHT[dtype.lower()]
     except KeyError:
-        raise ValueError(f"no byte size for dtype {dtype!r}; known: {', '.join(BYTES_PER_WEIGHT)}") from None
+        raise InputError(f"no byte size for dtype {dtype!r}; known: {', '.join(BYTES_PER_WEIGHT)}") from None
 
 
 def param_counts(config, shape: SubnetShape | None = None) -> dict:
@@ -77,7 +78,7 @@ def roofline_estimate(spec: DeviceSpec, config, shape: SubnetShape | None = None
                       batch: int = 1, prompt_len: int = 128, context_len: int = 160) -> dict:
     """Lower-bound prefill and decode latency (ms) of ``shape`` on ``spec``, labelled as an estimate."""
     if not spec.memory_bandwidth_gbs:
-        raise ValueError(f"device {spec.name!r} has no memory bandwidth in its spec; cannot estimate")
+        raise InputError(f"device {spec.name!r} has no memory bandwidth in its spec; cannot estimate")
     peak = spec.peak_tflops.get(dtype) or spec.peak_tflops.get("fp32")
     bandwidth = spec.memory_bandwidth_gbs * 1e9
     weights = weight_bytes_per_token(config, shape, dtype)
@@ -119,7 +120,7 @@ class RooflineEstimator:
     def predict_detail(self, shape: SubnetShape | str, *, metric: str = "decode") -> dict:
         shape = SubnetShape.parse(shape) if isinstance(shape, str) else shape
         if metric not in ("decode", "prefill", "e2e"):
-            raise ValueError(f"unknown metric {metric!r}; choose from decode, prefill, e2e")
+            raise InputError(f"unknown metric {metric!r}; choose from decode, prefill, e2e")
         estimate = roofline_estimate(self.spec, self.config, shape, **self.settings)
         return {**estimate, "metric": metric, "latency_ms": estimate[f"{metric}_ms"]}
 

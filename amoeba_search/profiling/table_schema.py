@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from amoeba_search.errors import InputError
 from amoeba_search.shapes import SubnetShape
 
 SCHEMA_VERSION = 1
@@ -51,7 +52,7 @@ RATIO_COLUMN = {"decode": "decode_ratio", "prefill": "prefill_ratio"}
 STATS = ("median", "min")  # which per-row statistic the predictor fits: the median, or the fastest repeat
 
 
-class LatencyTableError(ValueError):
+class LatencyTableError(InputError):
     """A malformed or mixed lookup table, or a question it cannot answer."""
 
 

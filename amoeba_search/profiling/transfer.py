@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from amoeba_search.errors import InputError
 from amoeba_search.profiling.lut import LatencyTable
 from amoeba_search.profiling.table_schema import COLUMNS, KEY_COLUMNS
 from amoeba_search.shapes import SubnetShape
@@ -42,7 +43,7 @@ class Correction:
             return self.coef[0] + self.coef[1] * x
         if self.kind == "loglinear":
             return np.exp(self.coef[0] + self.coef[1] * np.log(x))
-        raise ValueError(f"unknown correction kind {self.kind!r}; choose from {', '.join(KINDS[1:])}")
+        raise InputError(f"unknown correction kind {self.kind!r}; choose from {', '.join(KINDS[1:])}")
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "coef": [float(c) for c in self.coef]}
@@ -55,17 +56,17 @@ def fit_correction(there, here, *, kind: str = "auto", domain=None) -> Correctio
     turn one of them non-positive falls back to loglinear."""
     x, y = np.asarray(there, dtype=float), np.asarray(here, dtype=float)
     if kind not in KINDS:
-        raise ValueError(f"unknown correction kind {kind!r}; choose from {', '.join(KINDS)}")
+        raise InputError(f"unknown correction kind {kind!r}; choose from {', '.join(KINDS)}")
     if x.shape != y.shape or x.ndim != 1 or len(x) < 1:
-        raise ValueError("fit_correction needs one source and one measured latency per anchor")
+        raise InputError("fit_correction needs one source and one measured latency per anchor")
     if (x <= 0).any() or (y <= 0).any():
-        raise ValueError("anchor latencies must be positive")
+        raise InputError("anchor latencies must be positive")
     if kind == "auto":
         kind = "scale" if len(x) == 1 or np.ptp(x) <= 1e-9 * x.max() else "affine"
     if kind == "scale":
         return Correction("scale", (float(np.exp(np.mean(np.log(y / x)))),))
     if len(x) < 2 or np.ptp(x) <= 1e-9 * x.max():
-        raise ValueError(f"a {kind} correction needs at least 2 anchors of different latency; use kind='scale' "
+        raise InputError(f"a {kind} correction needs at least 2 anchors of different latency; use kind='scale' "
                          f"or measure more anchors")
     if kind == "loglinear":
         a, b = np.polyfit(np.log(x), np.log(y), 1)[::-1]
@@ -83,7 +84,7 @@ def choose_anchors(latency: dict, k: int = 3) -> list:
     """``k`` keys of ``latency`` (shape -> ms) spread over its range: the fastest and the slowest, the rest
     evenly between (by rank); ``k = 1``: the slowest (the largest shape, measured most steadily)."""
     if not 1 <= k <= MAX_ANCHORS:
-        raise ValueError(f"anchors must be between 1 and {MAX_ANCHORS}, got {k}")
+        raise InputError(f"anchors must be between 1 and {MAX_ANCHORS}, got {k}")
     ranked = sorted(latency, key=lambda s: (latency[s], str(s)))
     if k >= len(ranked):
         return ranked
@@ -109,14 +110,14 @@ def transfer_rows(source: LatencyTable, anchors: dict, *, key: dict, kind: str =
     latencies corrected metric by metric; each row's ``extra`` names the source table, the anchors and the
     corrections. The anchors' own measured rows are the caller's (they were measured here)."""
     if not anchors:
-        raise ValueError("transfer needs at least one anchor shape measured here")
+        raise InputError("transfer needs at least one anchor shape measured here")
     missing = sorted(set(KEY_COLUMNS) - set(key))
     if missing:
-        raise ValueError(f"key lacks {', '.join(missing)}; pass this table's key columns (ProfileRequest.key())")
+        raise InputError(f"key lacks {', '.join(missing)}; pass this table's key columns (ProfileRequest.key())")
     there = {m: source_latencies(source, m) for m in TRANSFER_METRICS}
     unknown = [str(s) for s in anchors if s not in there["decode"]]
     if unknown:
-        raise ValueError(f"anchor shape(s) {', '.join(unknown)} are not in the source table; choose anchors "
+        raise InputError(f"anchor shape(s) {', '.join(unknown)} are not in the source table; choose anchors "
                          f"among its shapes (choose_anchors)")
     corrections = {}
     for m in TRANSFER_METRICS:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from amoeba_search.errors import InputError
 from amoeba_search.shapes import SubnetShape
 
 ENERGY_COLUMN = "decode_energy_mj_per_token"
@@ -14,7 +15,7 @@ def energy_points(table):
     rows = table.rows
     where = table.path or "the table"
     if ENERGY_COLUMN not in rows.columns or rows[ENERGY_COLUMN].isna().all():
-        raise ValueError(f"{where} has no energy measurements ({ENERGY_COLUMN} is empty): profile on a device "
+        raise InputError(f"{where} has no energy measurements ({ENERGY_COLUMN} is empty): profile on a device "
                          f"that reports power (amoeba-profile on an NVIDIA GPU or a Jetson) or use --metric decode")
     measured = rows[rows[ENERGY_COLUMN].notna()]
     grouped = measured.groupby(["depth", "ffn_ratio", "heads_ratio"], as_index=False)[ENERGY_COLUMN].median()
@@ -36,7 +37,7 @@ def energy_predictor(table) -> Callable[[SubnetShape | str], float]:
         except LatencyTableError as exc:
             errors.append(f"{method}: {exc}")
     else:
-        raise ValueError(f"{table.path or 'the table'} has too few energy rows to fit: {'; '.join(errors)}")
+        raise InputError(f"{table.path or 'the table'} has too few energy rows to fit: {'; '.join(errors)}")
 
     def predict(shape: SubnetShape | str) -> float:
         shape = SubnetShape.parse(shape) if isinstance(shape, str) else shape

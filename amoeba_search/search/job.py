@@ -17,6 +17,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from amoeba_search.distributed import from_rank0, rank_world
+from amoeba_search.errors import InputError
 from amoeba_search.quality import quality_floor
 from amoeba_search.search.oracle import MetricOracle, design_sample
 from amoeba_search.search.predictors import Predictor, fit_best, load_predictor, save_predictor
@@ -30,7 +31,7 @@ Progress = Callable[[str, int, int], None]  # (stage, done, total)
 VERIFY_MODES = ("decisive", "all", "none")
 
 
-class BudgetError(ValueError):
+class BudgetError(InputError):
     """No shape of the space can meet the latency budget."""
 
 
@@ -87,7 +88,7 @@ def fit_or_load_predictor(space: SearchSpace, oracle: MetricOracle, path: Path |
         try:
             report = PredictorReport(**{**data["report"], "reused": True})
         except (KeyError, TypeError) as err:
-            raise ValueError(f"predictor file {path} has no usable report ({err}); delete it (amoeba-search fits "
+            raise InputError(f"predictor file {path} has no usable report ({err}); delete it (amoeba-search fits "
                              "a new one) or pass another --predictor") from err
         logger.info("predictor reused from %s: %s on %d shapes, held-out Spearman %.3f", path, report.kind,
                     report.train_shapes, report.holdout_spearman)
@@ -292,11 +293,11 @@ def _run_job(space, oracle, latency_fn, *, budget_ms, predictor_path, method, tr
              verify, verify_count, verify_band, max_metric, measure_latency, layers_for, settings, progress, memory_fn,
              memory_budget_mb, cost_unit, source_kind, storage_name) -> JobResult:
     if cost_unit not in COSTS:
-        raise ValueError(f"cost_unit must be one of {', '.join(COSTS)}, got {cost_unit!r}")
+        raise InputError(f"cost_unit must be one of {', '.join(COSTS)}, got {cost_unit!r}")
     flag = COSTS[cost_unit]["flag"]
     mode = {True: "all", False: "none"}.get(verify, verify)
     if mode not in VERIFY_MODES:
-        raise ValueError(f"verify must be one of {', '.join(VERIFY_MODES)}, got {verify!r}")
+        raise InputError(f"verify must be one of {', '.join(VERIFY_MODES)}, got {verify!r}")
     seconds: dict[str, float] = {}
     latencies = {s: float(latency_fn(s)) for s in space}
     fastest = min(latencies, key=latencies.get)

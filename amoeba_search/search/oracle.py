@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from amoeba_search.distributed import rank_world, shard_map
+from amoeba_search.errors import InputError
 from amoeba_search.paths import atomic_write_text
 from amoeba_search.shapes import SearchSpace, SubnetShape
 
@@ -75,7 +76,7 @@ class MetricOracle:
                     {SubnetShape.parse(k): dict(v) for k, v in data.get("details", {}).items()})
         except (KeyError, TypeError, AttributeError, ValueError) as err:
             what = f"no {err.args[0]!r} entry" if isinstance(err, KeyError) and err.args else str(err)
-            raise ValueError(f"evaluation cache {self.cache_path} is malformed ({what}); {fix}") from err
+            raise InputError(f"evaluation cache {self.cache_path} is malformed ({what}); {fix}") from err
 
     def __call__(self, shapes: Sequence[SubnetShape], progress: Callable[[SubnetShape], None] | None = None) -> np.ndarray:
         """The metrics of ``shapes``. Under ``torchrun`` every process must call this with the same shapes: the
@@ -183,7 +184,7 @@ def check_objective(spec: str, *, task_dir=None) -> Path | None:
     hint = local_tasks.did_you_mean(spec, ["ppl", *known])
     if not known:
         hint += "; no local tasks are prepared (run `amoeba-eval --prepare-tasks`)"
-    raise ValueError(f"unknown objective {spec!r}; {hint} (an objective is ppl, a local task name or a .jsonl "
+    raise InputError(f"unknown objective {spec!r}; {hint} (an objective is ppl, a local task name or a .jsonl "
                      f"task file)")
 
 
@@ -206,9 +207,9 @@ def task_oracle(loaded, task: str, *, limit: int | None = 100, task_dir=None, ca
 
     path = check_objective(task, task_dir=task_dir)
     if path is None:
-        raise ValueError("task_oracle needs a task; use perplexity_oracle for ppl")
+        raise InputError("task_oracle needs a task; use perplexity_oracle for ppl")
     if limit is not None and limit < 1:
-        raise ValueError(f"task limit must be positive, got {limit}")
+        raise InputError(f"task limit must be positive, got {limit}")
     items = read_task_file(path)[:limit]
     metric = MultipleChoiceMetric(lm_eval_items(items), loaded.tokenizer, kind="loss", batch_size=batch_size)
 

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from amoeba_search.errors import InputError
+
 
 def pareto_mask(points) -> np.ndarray:
     """Boolean mask of the non-dominated rows of ``points`` (n, k); duplicates of a front point all stay."""
     pts = np.asarray(points, dtype=float)
     if pts.ndim != 2:
-        raise ValueError(f"points must be (n, k), got shape {pts.shape}")
+        raise InputError(f"points must be (n, k), got shape {pts.shape}")
     n = len(pts)
     mask = np.ones(n, dtype=bool)
     for i in range(n):

@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 from scipy.stats import spearmanr
 
+from amoeba_search.errors import InputError
 from amoeba_search.paths import atomic_write_text
 from amoeba_search.shapes import SearchSpace, SubnetShape
 
@@ -40,9 +41,9 @@ class Predictor:
 
     def fit(self, shapes: Sequence[SubnetShape], metrics: Sequence[float]) -> "Predictor":
         if len(shapes) != len(metrics) or len(shapes) < 2:
-            raise ValueError(f"need at least 2 evaluated shapes with one metric each, got {len(shapes)}/{len(metrics)}")
+            raise InputError(f"need at least 2 evaluated shapes with one metric each, got {len(shapes)}/{len(metrics)}")
         if any(not math.isfinite(m) or m <= 0 for m in metrics):
-            raise ValueError("metrics must be positive and finite (e.g. perplexities)")
+            raise InputError("metrics must be positive and finite (e.g. perplexities)")
         self.shapes, self.metrics = list(shapes), [float(m) for m in metrics]
         self._fit(_features(self.space, self.shapes), np.log(self.metrics))
         return self
@@ -179,7 +180,7 @@ def load_predictor(path: str | Path) -> tuple[Predictor, dict]:
     fix = "delete it (amoeba-search fits a new one) or pass another --predictor"
     data = read_json(path, what="predictor file", fix=fix)
     if data.get("schema_version") != SCHEMA_VERSION or data.get("kind") not in PREDICTORS:
-        raise ValueError(f"{path} is not an amoeba-search predictor file (schema {SCHEMA_VERSION}); {fix}")
+        raise InputError(f"{path} is not an amoeba-search predictor file (schema {SCHEMA_VERSION}); {fix}")
     try:
         predictor = PREDICTORS[data["kind"]](SearchSpace.from_dict(data["space"]))
         predictor.shapes = [SubnetShape.parse(row["shape"]) for row in data["train"]]
@@ -187,5 +188,5 @@ def load_predictor(path: str | Path) -> tuple[Predictor, dict]:
         predictor._load(data["params"])
     except (KeyError, TypeError, AttributeError, ValueError) as err:
         what = f"no {err.args[0]!r} entry" if isinstance(err, KeyError) and err.args else str(err)
-        raise ValueError(f"predictor file {path} is malformed ({what}); {fix}") from err
+        raise InputError(f"predictor file {path} is malformed ({what}); {fix}") from err
     return predictor, data

@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 import optuna
 
+from amoeba_search.errors import InputError
 from amoeba_search.search.pareto import pareto_front
 from amoeba_search.search.storage import describe_study, open_storage
 from amoeba_search.shapes import SearchSpace, SubnetShape
@@ -215,11 +216,11 @@ def search(space: SearchSpace, metric_fn: ObjectiveFn, latency_fn: ObjectiveFn, 
     ``metric_names`` name the two objectives in the stored studies; ``study_attrs`` (model, device, flow,
     budget, ...) are set as the studies' user attributes."""
     if method not in METHODS:
-        raise ValueError(f"unknown search method {method!r}; choose one of {', '.join(METHODS)}")
+        raise InputError(f"unknown search method {method!r}; choose one of {', '.join(METHODS)}")
     if not budget_ms > 0:
-        raise ValueError(f"the latency budget must be positive, got {budget_ms}")
+        raise InputError(f"the latency budget must be positive, got {budget_ms}")
     if (memory_fn is None) != (memory_budget_mb is None):
-        raise ValueError("a memory budget needs a memory function and the other way round")
+        raise InputError("a memory budget needs a memory function and the other way round")
     storage = open_storage(storage)
     objectives = _Objectives(metric_fn, latency_fn, memory_fn)
     mem = memory_budget_mb

@@ -29,6 +29,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
+from amoeba_search.errors import InputError
 from amoeba_search.shapes import SubnetShape
 
 logger = logging.getLogger(__name__)
@@ -132,10 +133,10 @@ class SharedEvaluations:
     def __init__(self, storage: str | os.PathLike | BaseStorage, study_name: str, *, poll_s: float = 0.1,
                  stale_after_s: float | None = None, attrs: dict[str, Any] | None = None):
         if poll_s <= 0:
-            raise ValueError(f"poll_s must be positive, got {poll_s}")
+            raise InputError(f"poll_s must be positive, got {poll_s}")
         self.storage = open_storage(storage)
         if self.storage is None:
-            raise ValueError("shared evaluations need a storage (a URL or a journal file path), not None")
+            raise InputError("shared evaluations need a storage (a URL or a journal file path), not None")
         self.study_name, self.poll_s, self.stale_after_s = study_name, poll_s, stale_after_s
         self.study = optuna.create_study(study_name=study_name, storage=self.storage, direction="minimize",
                                          load_if_exists=True)

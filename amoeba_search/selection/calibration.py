@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 import torch
 
 from amoeba_search.data.multiple_choice import MCItem
+from amoeba_search.errors import InputError
 from amoeba_search.evaluation.perplexity import token_nll
 
 _HEAD_ROWS = 2  # sequences projected to the vocabulary at once: bounds the (rows, T, V) logits memory
@@ -32,7 +33,7 @@ def spread_blocks(blocks: torch.Tensor, count: int) -> torch.Tensor:
     """``count`` blocks evenly spaced over ``blocks`` (first and last included): many documents, not one."""
     n = blocks.shape[0]
     if not 1 <= count <= n:
-        raise ValueError(f"cannot pick {count} of {n} blocks")
+        raise InputError(f"cannot pick {count} of {n} blocks")
     if count == 1:
         return blocks[:1]
     index = [round(i * (n - 1) / (count - 1)) for i in range(count)]
@@ -98,9 +99,9 @@ class PerplexityMetric(CalibrationMetric):
 
     def __init__(self, blocks: torch.Tensor, *, batch_size: int = 4):
         if blocks.dim() != 2 or blocks.shape[1] < 2 or blocks.shape[0] < 1:
-            raise ValueError(f"calibration blocks must be (n >= 1, T >= 2), got {tuple(blocks.shape)}")
+            raise InputError(f"calibration blocks must be (n >= 1, T >= 2), got {tuple(blocks.shape)}")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+            raise InputError(f"batch_size must be positive, got {batch_size}")
         self.blocks = blocks.long()
         self.batch_size = batch_size
         self._batches = list(self.blocks.split(batch_size))
@@ -150,9 +151,9 @@ class MultipleChoiceMetric(CalibrationMetric):
     def __init__(self, items: Sequence[MCItem], tokenizer, *, kind: str = "acc",
                  batch_size: int = 8, normalize: bool = False):
         if kind not in ("acc", "loss"):
-            raise ValueError(f"kind must be 'acc' or 'loss', got {kind!r}")
+            raise InputError(f"kind must be 'acc' or 'loss', got {kind!r}")
         if not items:
-            raise ValueError("a multiple-choice metric needs at least one item")
+            raise InputError("a multiple-choice metric needs at least one item")
         self.kind, self.normalize, self.items = kind, normalize, list(items)
         self.name = f"mc-{kind}"
         self.higher_is_better = kind == "acc"
@@ -160,11 +161,11 @@ class MultipleChoiceMetric(CalibrationMetric):
         for i, item in enumerate(self.items):
             ctx = tokenizer(item.context, add_special_tokens=False)["input_ids"]
             if not ctx:
-                raise ValueError(f"item {i} has an empty context; every choice needs a context to follow")
+                raise InputError(f"item {i} has an empty context; every choice needs a context to follow")
             for c, choice in enumerate(item.choices):
                 cont = tokenizer(choice, add_special_tokens=False)["input_ids"]
                 if not cont:
-                    raise ValueError(f"item {i} choice {c} tokenizes to nothing")
+                    raise InputError(f"item {i} choice {c} tokenizes to nothing")
                 pairs.append((i, c, ctx, cont))
         order = sorted(range(len(pairs)), key=lambda p: -(len(pairs[p][2]) + len(pairs[p][3])))
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
@@ -240,7 +241,7 @@ def check_metric_name(name: str) -> str:
     if name not in METRICS:
         close = difflib.get_close_matches(name, list(METRICS), n=1, cutoff=0.4)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ValueError(f"unknown metric {name!r}; {hint}known metrics: {', '.join(METRICS)}")
+        raise InputError(f"unknown metric {name!r}; {hint}known metrics: {', '.join(METRICS)}")
     return name
 
 

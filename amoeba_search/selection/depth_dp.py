@@ -33,6 +33,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from amoeba_search.errors import InputError
+from amoeba_search.jsonfile import read_json
 from amoeba_search.paths import atomic_write_text
 from amoeba_search.selection.calibration import better
 
@@ -63,16 +65,9 @@ class DPCheckpoint:
     def load(self) -> dict[str, Any] | None:
         if not self.path.is_file():
             return None
-        try:
-            state = json.loads(self.path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"checkpoint {self.path} is damaged ({err}); remove it to start over") from None
-        except UnicodeDecodeError:
-            raise ValueError(f"checkpoint {self.path} is damaged (not UTF-8 text); remove it to start over") from None
-        if not isinstance(state, dict):
-            raise ValueError(f"checkpoint {self.path} is damaged (not a JSON object); remove it to start over")
+        state = read_json(self.path, what="DP checkpoint", fix="it is damaged: remove it to start over")
         if state.get("format") != CHECKPOINT_FORMAT or state.get("key") != self.key:
-            raise ValueError(f"checkpoint {self.path} was made with other settings or another model; "
+            raise InputError(f"checkpoint {self.path} was made with other settings or another model; "
                              "remove it, or run without --resume to start over")
         return state
 
@@ -87,17 +82,17 @@ class DPCheckpoint:
 
 def check_depth_range(num_layers: int, min_depth: int, keep_last: int) -> None:
     if not 1 <= min_depth <= num_layers:
-        raise ValueError(f"minimum depth must lie in 1..{num_layers} for this {num_layers}-layer model, got {min_depth}")
+        raise InputError(f"minimum depth must lie in 1..{num_layers} for this {num_layers}-layer model, got {min_depth}")
     if not 0 <= keep_last <= num_layers:
-        raise ValueError(f"layers kept at the top must lie in 0..{num_layers}, got {keep_last}")
+        raise InputError(f"layers kept at the top must lie in 0..{num_layers}, got {keep_last}")
     if keep_last > min_depth:
-        raise ValueError(f"keeping the top {keep_last} layers leaves no way to reach depth {min_depth}; "
+        raise InputError(f"keeping the top {keep_last} layers leaves no way to reach depth {min_depth}; "
                          f"lower --keep-last to at most {min_depth}")
 
 
 def check_beam(beam: int) -> None:
     if beam < 1:
-        raise ValueError(f"the DP beam must be at least 1 (1 is the paper's DP), got {beam}")
+        raise InputError(f"the DP beam must be at least 1 (1 is the paper's DP), got {beam}")
 
 
 def depth_dp(objective, *, min_depth: int, keep_last: int = 0, beam: int = 1,

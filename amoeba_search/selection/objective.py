@@ -21,6 +21,7 @@ from typing import Callable, Protocol, Sequence
 
 import torch
 
+from amoeba_search.errors import InputError
 from amoeba_search.selection.calibration import CalibrationMetric
 from amoeba_search.selection.layer_runner import LayerRunner
 from amoeba_search.shapes import SubnetShape
@@ -85,10 +86,10 @@ class ModelObjective:
 
     def __init__(self, supernet, metric, *, cache: str = "tree", memory_limit: int = 4 << 30):
         if cache not in CACHE_MODES:
-            raise ValueError(f"cache must be one of {', '.join(CACHE_MODES)}, got {cache!r}")
+            raise InputError(f"cache must be one of {', '.join(CACHE_MODES)}, got {cache!r}")
         structured = isinstance(metric, CalibrationMetric)
         if cache != "none" and not structured:
-            raise ValueError("prefix caching needs a CalibrationMetric (batches + batch_stats); "
+            raise InputError("prefix caching needs a CalibrationMetric (batches + batch_stats); "
                              "use cache='none' for a plain callable metric")
         self.supernet, self.metric, self.cache = supernet, metric, cache
         self.num_layers = supernet.dims.num_layers
@@ -167,7 +168,7 @@ class ModelObjective:
         tails = [tuple(int(i) for i in t) for t in tails]
         for tail in tails:
             if any(i < below for i in tail) or list(tail) != sorted(set(tail)) or any(i >= self.num_layers for i in tail):
-                raise ValueError(f"tail {list(tail)} must be ascending layer indices in {below}..{self.num_layers - 1}")
+                raise InputError(f"tail {list(tail)} must be ascending layer indices in {below}..{self.num_layers - 1}")
         self.evaluations += len(tails)
         if not tails:
             return []
@@ -195,7 +196,7 @@ class ModelObjective:
 
     def _score_forward(self, kept: tuple[int, ...]) -> float:
         if not kept:
-            raise ValueError("a network needs at least one layer")
+            raise InputError("a network needs at least one layer")
         supernet = self.supernet
         supernet.set_active(SubnetShape(len(kept)), kept)
         try:

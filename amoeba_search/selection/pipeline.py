@@ -11,6 +11,7 @@ from typing import Any
 
 from amoeba_search.data.multiple_choice import read_task_file
 from amoeba_search.distributed import ShardedObjective, rank_world
+from amoeba_search.errors import InputError
 from amoeba_search.selection.calibration import (METRICS, MultipleChoiceMetric, PerplexityMetric, check_metric_name,
                                                  lm_eval_items, spread_blocks)
 from amoeba_search.selection.depth_baselines import (angular_layers, drop_last_layers, hidden_similarity,
@@ -29,7 +30,7 @@ def _choose(kind: str, value: str, known) -> str:
     if value not in known:
         close = difflib.get_close_matches(value, list(known), n=1, cutoff=0.4)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ValueError(f"unknown {kind} {value!r}; {hint}known: {', '.join(known)}")
+        raise InputError(f"unknown {kind} {value!r}; {hint}known: {', '.join(known)}")
     return value
 
 
@@ -59,9 +60,9 @@ class SelectionSettings:
         _choose("cache mode", self.cache, CACHE_MODES)
         check_beam(self.beam)
         if self.samples < 1 or self.batch_size < 1:
-            raise ValueError(f"samples and batch size must be positive, got {self.samples} and {self.batch_size}")
+            raise InputError(f"samples and batch size must be positive, got {self.samples} and {self.batch_size}")
         if self.seq_len < 2:
-            raise ValueError(f"seq_len must be at least 2, got {self.seq_len}")
+            raise InputError(f"seq_len must be at least 2, got {self.seq_len}")
 
     def checked(self, num_layers: int) -> "SelectionSettings":
         """A copy with ``min_depth`` resolved, after checking every setting against a model of ``num_layers``."""
@@ -85,7 +86,7 @@ def calibration_metric(settings: SelectionSettings, tokenizer):
         return PerplexityMetric(blocks, batch_size=settings.batch_size)
     items = read_task_file(settings.calib)
     if len(items) < settings.samples:
-        raise ValueError(f"{settings.calib} holds {len(items)} multiple-choice items, {settings.samples} requested; "
+        raise InputError(f"{settings.calib} holds {len(items)} multiple-choice items, {settings.samples} requested; "
                          f"ask for --samples {len(items)} or fewer")
     items = lm_eval_items(items[:settings.samples])
     return MultipleChoiceMetric(items, tokenizer, kind=settings.metric.split("-")[1],
@@ -122,7 +123,7 @@ def select_strategy(supernet, tokenizer, fingerprint: dict, settings: SelectionS
     n = supernet.dims.num_layers
     settings = settings.checked(n)
     if bias_compensation and settings.width_metric not in ("flap", "activation"):
-        raise ValueError(f"bias compensation needs channel statistics, which width metric "
+        raise InputError(f"bias compensation needs channel statistics, which width metric "
                          f"{settings.width_metric!r} does not collect; use width metric flap or activation")
     metric = calibration_metric(settings, tokenizer)
     logger.info("selecting a strategy: depth by %s on %s (%s), depths %d..%d, width by %s",

@@ -32,6 +32,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from amoeba_search.errors import InputError
 from amoeba_search.selection.calibration import causal_lm
 
 WIDTH_METRICS = ("flap", "magnitude", "activation", "random")
@@ -154,9 +155,9 @@ def importance_scores(supernet, stats: ChannelStats | None, metric: str = "flap"
 
         close = difflib.get_close_matches(metric, WIDTH_METRICS, n=1, cutoff=0.4)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ValueError(f"unknown width metric {metric!r}; {hint}known: {', '.join(WIDTH_METRICS)}")
+        raise InputError(f"unknown width metric {metric!r}; {hint}known: {', '.join(WIDTH_METRICS)}")
     if stats is None and metric in ("flap", "activation"):
-        raise ValueError(f"width metric {metric!r} needs calibration statistics")
+        raise InputError(f"width metric {metric!r} needs calibration statistics")
     dims = supernet.dims
     heads, hd = dims.num_heads, dims.head_dim
     ffn_scores, head_scores = [], []
@@ -206,7 +207,7 @@ def width_orders(supernet, batches: Sequence[torch.Tensor] | None, metric: str =
     stats = None
     if metric in ("flap", "activation"):
         if not batches:
-            raise ValueError(f"width metric {metric!r} needs calibration batches")
+            raise InputError(f"width metric {metric!r} needs calibration batches")
         stats = channel_statistics(supernet, batches, progress=progress)
         logger.debug("channel statistics: %d tokens in %d batches, %.1f s", stats.tokens, len(batches),
                      time.perf_counter() - started)

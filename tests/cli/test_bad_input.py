@@ -225,9 +225,10 @@ def test_bad_input_is_one_line_and_leaves_nothing(name, cli, make_args, message,
 
 def test_a_user_error_is_one_line_even_when_the_message_is_not(capsys):
     from amoeba_search.cli._common import run
+    from amoeba_search.errors import InputError
 
     def body():
-        raise ValueError("first line\n\nsecond line")
+        raise InputError("first line\n\nsecond line")
 
     assert run("amoeba-x", body) == 2
     assert capsys.readouterr().err == "amoeba-x: error: first line second line\n"
@@ -244,6 +245,14 @@ def test_an_unknown_name_is_a_user_error_but_a_bare_key_error_is_a_bug(capsys):
     assert capsys.readouterr().err == "amoeba-x: error: unknown task 'x'; did you mean y?\n"
     with pytest.raises(KeyError):
         run("amoeba-x", lambda: {}["missing"])
+
+
+def test_a_plain_value_error_is_a_bug_and_keeps_its_traceback():
+    """The library raises InputError for what a user can fix; a ValueError from anywhere else is not hidden."""
+    from amoeba_search.cli._common import run
+
+    with pytest.raises(ValueError, match="could not convert"):
+        run("amoeba-x", lambda: float("x"))
 
 
 def test_sigterm_unwinds_like_ctrl_c(tmp_path, capsys):

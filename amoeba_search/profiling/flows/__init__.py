@@ -6,6 +6,7 @@ import difflib
 import importlib
 import inspect
 
+from amoeba_search.errors import InputError
 from amoeba_search.profiling.flows.base import Flow, FlowUnavailable, Measurement, MeasureSettings
 
 _PKG = "amoeba_search.profiling.flows"
@@ -32,14 +33,14 @@ __all__ = ["FLOWS", "ALIASES", "Flow", "FlowUnavailable", "Measurement", "Measur
            "resolve_flow_name", "load_flow_class", "get_flow", "flow_availability", "register_flow"]
 
 
-class UnknownFlowError(ValueError):
+class UnknownFlowError(InputError):
     """No flow of that name; the message lists close names."""
 
 
 def register_flow(name: str, target: str) -> None:
     """Add (or replace) a flow: ``target`` is ``"package.module:ClassName"``."""
     if ":" not in target:
-        raise ValueError(f"flow target must look like 'package.module:ClassName', got {target!r}")
+        raise InputError(f"flow target must look like 'package.module:ClassName', got {target!r}")
     FLOWS[name] = target
 
 
@@ -81,7 +82,7 @@ def get_flow(name: str, **options) -> Flow:
         unknown = [k for k in options if k not in params and not takes_any]
         if unknown:
             accepted = [p for p in params if params[p].kind is not inspect.Parameter.VAR_POSITIONAL]
-            raise ValueError(f"flow {resolve_flow_name(name)!r} takes no option {', '.join(unknown)}; "
+            raise InputError(f"flow {resolve_flow_name(name)!r} takes no option {', '.join(unknown)}; "
                              f"its options: {', '.join(accepted) or 'none'}")
     return cls(**options)
 

@@ -11,6 +11,8 @@ import random
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from amoeba_search.errors import InputError
+
 if TYPE_CHECKING:  # base imports this module for BaseFlow
     from amoeba_search.profiling.flows.base import MeasureSettings
 
@@ -46,7 +48,7 @@ def backend(device) -> str:
 def read_config(checkpoint: Path) -> dict:
     path = Path(checkpoint) / "config.json"
     if not path.is_file():
-        raise ValueError(f"{checkpoint} is not a Hugging Face checkpoint: config.json is missing")
+        raise InputError(f"{checkpoint} is not a Hugging Face checkpoint: config.json is missing")
     return json.loads(path.read_text())
 
 
@@ -58,15 +60,15 @@ def check_settings(flow: str, settings: MeasureSettings, dtypes: tuple[str, ...]
                    max_positions: int | None = None) -> None:
     """Raise ``ValueError`` (with the fix) for settings this flow cannot measure."""
     if settings.batch != 1:
-        raise ValueError(f"flow {flow!r} measures batch 1 only (one sequence with a KV cache); "
+        raise InputError(f"flow {flow!r} measures batch 1 only (one sequence with a KV cache); "
                          f"got batch={settings.batch}")
     if settings.dtype not in dtypes:
-        raise ValueError(f"flow {flow!r} supports dtype {', '.join(dtypes)} here; got {settings.dtype!r}")
+        raise InputError(f"flow {flow!r} supports dtype {', '.join(dtypes)} here; got {settings.dtype!r}")
     if settings.prompt_len < 1 or settings.decode_tokens < 1 or settings.repeats < 1:
-        raise ValueError("prompt_len, decode_tokens and repeats must all be at least 1")
+        raise InputError("prompt_len, decode_tokens and repeats must all be at least 1")
     total = settings.prompt_len + settings.decode_tokens + 1
     if max_positions and total > max_positions:
-        raise ValueError(f"prompt_len + decode_tokens + 1 = {total} exceeds the model's "
+        raise InputError(f"prompt_len + decode_tokens + 1 = {total} exceeds the model's "
                          f"max_position_embeddings {max_positions}; use a shorter prompt or fewer decode tokens")
 
 

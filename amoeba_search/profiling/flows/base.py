@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from amoeba_search.errors import InputError
 from amoeba_search.profiling.flows import _common
 
 
@@ -77,7 +78,7 @@ class BaseFlow:
             raise FlowUnavailable(reason)
         backend = _common.backend(device)
         if backend not in self.backends:
-            raise ValueError(self.wrong_backend or f"the {self.name} flow runs on {' or '.join(self.backends)}")
+            raise InputError(self.wrong_backend or f"the {self.name} flow runs on {' or '.join(self.backends)}")
         config = _common.read_config(checkpoint)
         _common.check_settings(self.name, settings, self.dtypes(backend), config.get("max_position_embeddings"))
         return self.build(Path(checkpoint), Path(workdir), settings, device, config)

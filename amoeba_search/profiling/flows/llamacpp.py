@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from amoeba_search.errors import InputError
 from amoeba_search.profiling.flows import _common
 from amoeba_search.profiling.flows.base import BaseFlow, Measurement, MeasureSettings
 
@@ -39,7 +40,7 @@ def _stand_in_tokenizer(vocab_size: int):
     vocab = {ch: i for i, ch in enumerate(sorted(ByteLevel.alphabet()))}
     vocab["Ġt"] = len(vocab)
     if vocab_size < len(vocab):
-        raise ValueError(f"vocab_size {vocab_size} is too small for a byte-level stand-in tokenizer")
+        raise InputError(f"vocab_size {vocab_size} is too small for a byte-level stand-in tokenizer")
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[("Ġ", "t")]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -75,7 +76,7 @@ class LlamaCppFlow(BaseFlow):
         dtype, extra = _GGUF_DTYPES[settings.dtype], {"tokenizer": "checkpoint"}
         try:
             if not _common.has_tokenizer(checkpoint):
-                raise ValueError("the checkpoint has no tokenizer files")
+                raise InputError("the checkpoint has no tokenizer files")
             write_gguf(model, AutoTokenizer.from_pretrained(str(checkpoint)), path, dtype=dtype)
         except (ValueError, OSError) as exc:  # a tokenizer llama.cpp cannot take (no merges, unknown pre-tokenizer)
             extra = {"tokenizer": f"stand-in ({exc})"}

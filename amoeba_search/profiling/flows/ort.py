@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from amoeba_search.errors import InputError
 from amoeba_search.profiling.flows import _common
 from amoeba_search.profiling.flows.base import BaseFlow, Measurement, MeasureSettings
 
@@ -55,7 +56,7 @@ class OrtGenAIFlow(BaseFlow):
         ep = _common.backend(device)
         head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
         if ep == "cpu" and head_dim % 16:
-            raise ValueError(f"ONNX Runtime's CPU GroupQueryAttention needs head_dim to be a multiple of 16; "
+            raise InputError(f"ONNX Runtime's CPU GroupQueryAttention needs head_dim to be a multiple of 16; "
                              f"this model has head_dim={head_dim}")
         out, cache = Path(workdir) / f"onnx-{settings.dtype}-{ep}", Path(workdir) / "builder-cache"
         cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(checkpoint), "-o", str(out),

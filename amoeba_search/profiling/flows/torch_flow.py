@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from amoeba_search.errors import InputError
 from amoeba_search.profiling.flows._common import forward_with_cache, peak_growth, reset_peak_rss, rss_bytes
 from amoeba_search.profiling.flows.base import FlowUnavailable, Measurement, MeasureSettings
 
@@ -43,9 +44,9 @@ class TorchFlow:
     def __init__(self, *, compile: bool = False, compile_mode: str | None = None, warmup: int = 2,
                  attn_implementation: str = "sdpa", decode_stat: str = "mean"):
         if warmup < 1:
-            raise ValueError(f"warmup must be at least 1 pass, got {warmup}")
+            raise InputError(f"warmup must be at least 1 pass, got {warmup}")
         if decode_stat not in ("median", "mean"):
-            raise ValueError(f"decode_stat must be 'median' or 'mean', got {decode_stat!r}")
+            raise InputError(f"decode_stat must be 'median' or 'mean', got {decode_stat!r}")
         self.decode_stat = decode_stat
         # on CUDA, timing single steps needs a sync per step; it is what a greedy loop that checks EOS does
         self.step_sync = True
@@ -84,12 +85,12 @@ class TorchFlow:
         from transformers import AutoModelForCausalLM
 
         if settings.dtype not in _DTYPES:
-            raise ValueError(f"the torch flow runs {', '.join(_DTYPES)}, not {settings.dtype!r}")
+            raise InputError(f"the torch flow runs {', '.join(_DTYPES)}, not {settings.dtype!r}")
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise FlowUnavailable("the torch flow was asked for CUDA, but torch sees no CUDA GPU "
                                   f"(torch {torch.__version__} {'is a CPU build' if torch.version.cuda is None else ''})")
         if device != "cpu" and not device.startswith("cuda"):
-            raise ValueError(f"the torch flow runs on 'cpu' or 'cuda', not {device!r}")
+            raise InputError(f"the torch flow runs on 'cpu' or 'cuda', not {device!r}")
         if settings.threads:
             torch.set_num_threads(settings.threads)
         gc.collect()
