@@ -65,6 +65,7 @@ bench: prepare
 	$(BIN)/python benchmarks/demo.py
 	$(BIN)/python benchmarks/precision.py
 	$(BIN)/python benchmarks/scale_1b.py
+	$(BIN)/python benchmarks/latency_1b.py
 	$(BIN)/python benchmarks/plan_8b.py
 
 clean:

@@ -52,6 +52,21 @@ def sweep_ratios(table: Path, sweeps: dict[str, list[SubnetShape]]) -> dict:
             for name, shapes in sweeps.items()}
 
 
+def table_summary(table: Path, full: SubnetShape) -> dict:
+    """What the table cost and how steady it is: rows, the measuring time summed over its rows (true across
+    resumes), the full model's decode time as the reference rounds saw it, and the full model timed against
+    itself (its ratio should be 1: the distance is this flow's noise here)."""
+    rows = pd.read_csv(table)
+    own = rows[rows["shape"] == str(full)]
+    return {"rows": int(len(rows)), "measuring_s": round(float(rows["elapsed_s"].sum()), 1),
+            "reference_decode_ms_median": round(float(rows["reference_decode_ms"].median()), 1),
+            "reference_decode_ms_range": [round(float(rows["reference_decode_ms"].min()), 1),
+                                          round(float(rows["reference_decode_ms"].max()), 1)],
+            "full_model_against_itself": {"decode": round(float(own["decode_ratio"].median()), 4),
+                                          "prefill": round(float(own["prefill_ratio"].median()), 4)},
+            "other_load_max": round(float(rows["other_load"].max()), 3)}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "latency-1b.json")
@@ -94,6 +109,7 @@ def main() -> int:
             committed = ROOT / "benchmarks" / "results" / f"latency-1b-cpu-{flow}.csv"
             shutil.copyfile(table, committed)
             results["sweeps"][flow] = sweep_ratios(committed, sweeps)
+            results.setdefault("tables", {})[flow] = table_summary(committed, space.largest())
             results["steps"][f"profile-{flow}"]["table"] = committed.relative_to(ROOT).as_posix()
         # the working directory is this machine's: name it $WORK in the committed record
         text = json.dumps(results, indent=1, default=str).replace(str(args.work), "$WORK")

@@ -152,9 +152,10 @@ def _flow_settings(name, args, spec, machine):
 
 def run_flow(name, args, spec, machine, source):
     from amoeba_search.profiling import model_slug
+    from amoeba_search.profiling.design import PlannedShape, random_holdout
     from amoeba_search.profiling.latency_model import METHODS
     from amoeba_search.profiling.lut import LatencyTable
-    from amoeba_search.profiling.profiler import PlannedShape, ProfileRequest, random_holdout
+    from amoeba_search.profiling.profiler import ProfileRequest
     from amoeba_search.profiling.roofline import weight_bytes_per_token
     from amoeba_search.profiling.table_schema import LatencyTableError
     from amoeba_search.shapes import SearchSpace, SubnetShape
@@ -333,8 +334,9 @@ def absolute_accuracy(table, truth, reference_ms: dict | None = None) -> dict:
 def measure_reference_now(common: dict, flow, shape) -> dict:
     """The reference shape measured once more (a fresh load, no interleaving), as a user would before trusting
     ratio x reference; the row goes to a temporary table."""
+    from amoeba_search.profiling.design import PlannedShape
     from amoeba_search.profiling.lut import LatencyTable
-    from amoeba_search.profiling.profiler import PlannedShape, ProfileRequest
+    from amoeba_search.profiling.profiler import ProfileRequest
 
     with tempfile.TemporaryDirectory(prefix="latency-reference-") as tmp:
         out = Path(tmp) / "reference.csv"
@@ -417,8 +419,9 @@ def _transfer_met(transfer: dict, metric: str = "decode") -> bool:
 
 def drift_flow(name, args, spec, machine, source, csv_dir: Path, ks):
     from amoeba_search.profiling import model_slug
+    from amoeba_search.profiling.design import PlannedShape, random_holdout
     from amoeba_search.profiling.lut import LatencyTable
-    from amoeba_search.profiling.profiler import PlannedShape, ProfileRequest, random_holdout
+    from amoeba_search.profiling.profiler import ProfileRequest
     from amoeba_search.profiling.table_schema import LatencyTableError
     from amoeba_search.shapes import SearchSpace, SubnetShape
 

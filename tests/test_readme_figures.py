@@ -94,6 +94,27 @@ LATENCY_CLAIMS = [
       for f, label in (("torch", "torch"), ("ort", "ORT"), ("llamacpp", "llama.cpp"), ("openvino", "OpenVINO"))],
 ]
 
+LATENCY_1B_COLUMNS = (("depth", "d8-f1-h1"), ("depth", "d12-f1-h1"), ("ffn", "d16-f0.5-h1"), ("ffn", "d16-f0.75-h1"),
+                      ("heads", "d16-f1-h0.25"), ("heads", "d16-f1-h0.5"))
+
+
+def _latency_1b_row(flow: str, label: str):
+    def text(d):
+        sweeps, table = d["sweeps"][flow], d["tables"][flow]
+        return (f"| {label} | " + " | ".join(f"{sweeps[g][s]['decode_ratio']:.3f}" for g, s in LATENCY_1B_COLUMNS)
+                + f" | {table['full_model_against_itself']['decode']:.3f} | {table['reference_decode_ms_median']:.1f} |")
+    return text
+
+
+LATENCY_1B_CLAIMS = [
+    ("latency-1b.json", _latency_1b_row("torch", "torch (bf16)")),
+    ("latency-1b.json", _latency_1b_row("llamacpp", "llama.cpp (f16)")),
+    ("latency-1b.json", lambda d: f"bf16 weights ({d['tables']['torch']['measuring_s']:.0f} s of"),
+    ("latency-1b.json", lambda d: f"f16 GGUF ({d['tables']['llamacpp']['measuring_s']:.0f} s)"),
+    ("latency-1b.json", lambda d: "moved between {:.0f} and {:.0f} ms/token".format(
+        *d["tables"]["torch"]["reference_decode_ms_range"])),
+]
+
 FRONTIER_TARGETS = list(_load("frontier.json")["cells"])
 FRONTIER_ARMS = ("amoeba", "amoeba-dagger", "shortgpt", "flap", "amoeba-shipped")
 
@@ -128,6 +149,7 @@ CLAIMS = [
                               f"{d['finetuned_vs_raw']['raw_exhaustive_front_best']['19.1']:.1f} at 19.1 ms"),
     ("search.json", lambda d: f"({d['finetuned_vs_raw']['levels_where_finetuned_is_worse']} levels worse)"),
     *LATENCY_CLAIMS,
+    *LATENCY_1B_CLAIMS,
     *[(name, lambda d: f"{d['summary']['one_worker_wall_s']:.1f} s | {d['summary']['shared_wall_s']:.1f} s | "
                        f"{d['summary']['ratio_shared_to_one']:.3f} |")
       for name in ("search-workers.json", "search-workers-postgres.json")],

@@ -150,12 +150,13 @@ def _compute_device(name: str | None, spec) -> str | None:
 
 def _run(args) -> int:
     from amoeba_search.profiling import profiles_dir
+    from amoeba_search.profiling.design import PlannedShape
     from amoeba_search.profiling.devices import check_device, get_device, measured_cpu_spec
     from amoeba_search.profiling.flows import get_flow, resolve_flow_name
     from amoeba_search.profiling.flows.base import MeasureSettings
     from amoeba_search.profiling.machine import detect_machine
     from amoeba_search.profiling.model_source import load_model_source
-    from amoeba_search.profiling.profiler import PlannedShape, ProfileRequest, run_profile
+    from amoeba_search.profiling.profiler import ProfileRequest, run_profile
     from amoeba_search.shapes import SubnetShape
 
     profiles = args.profiles or profiles_dir()  # device spec files (devices/*.json)

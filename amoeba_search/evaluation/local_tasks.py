@@ -4,8 +4,8 @@ A local task is one JSONL file, one item a line::
 
     {"context": "Q: How many legs do horses have?\\nA:", "choices": ["two", "four", "six"], "answer": 1}
 
-Its task name is the file stem. The prepared tasks (``prepare_tasks``, from BIG-bench, see ``bigbench``)
-live in ``cache_dir("tasks")`` as ``amoeba_<task>.jsonl`` (the evaluation part) and
+Its task name is the file stem. The prepared tasks (``prepare_tasks`` in ``bigbench``, which builds on this
+module, from BIG-bench) live in ``cache_dir("tasks")`` as ``amoeba_<task>.jsonl`` (the evaluation part) and
 ``amoeba_<task>_calib.jsonl`` (the calibration part, for stage 1 selection and the search objective);
 any other JSONL file of that form can be named by its path. Each file gets an lm-eval task config
 (``dataset_path: json`` with an absolute ``data_files``), so nothing ever reaches for a hub.
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from amoeba_search.data.multiple_choice import MCItem, read_task_file
-from amoeba_search.errors import InputError, UnknownNameError
+from amoeba_search.errors import InputError, MissingDependency, UnknownNameError
 from amoeba_search.paths import cache_dir
 
 TASK_PREFIX = "amoeba_"
@@ -69,12 +69,8 @@ def task_items(name: str, *, limit: int | None = None, directory: str | Path | N
     """
     path = task_file(name, directory)
     if path is None:
-        from amoeba_search.evaluation.bigbench import TASKS
-
         known = local_task_names(directory)
-        if name.startswith(TASK_PREFIX) and name.removeprefix(TASK_PREFIX).removesuffix(CALIB_SUFFIX) in TASKS:
-            from amoeba_search.errors import MissingDependency
-
+        if name.startswith(TASK_PREFIX) and not any(k.startswith(TASK_PREFIX) for k in known):
             raise MissingDependency(f"local task {name!r} is not prepared yet; run `amoeba-eval --prepare-tasks` "
                                     "(downloads the bigbench sdist with pip once and extracts the task files)")
         raise UnknownNameError(f"unknown local task {name!r}; {did_you_mean(name, known)}")

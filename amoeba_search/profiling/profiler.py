@@ -1,10 +1,5 @@
-"""The measure loop: which shapes to measure (a small design, not the whole grid), measuring each in a
-flow with random weights, appending one row per measurement, and resuming a killed run.
-
-Latency ~ fixed part + depth x per-layer part(width), so each width (FFN ratio x heads ratio) is measured
-at the shallowest and the deepest depth, plus the middle depth at the smallest and largest width to see
-that depth really is linear; a few random held-out shapes score the predictor.
-"""
+"""The measure loop: measuring each planned shape (:mod:`~amoeba_search.profiling.design`) in a flow with random
+weights, interleaved with a reference shape, appending one row per measurement, and resuming a killed run."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,7 +7,6 @@ import json
 import logging
 import os
 import platform
-import random
 import tempfile
 import time
 from collections import Counter
@@ -23,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from amoeba_search.errors import InputError
+from amoeba_search.profiling.design import PlannedShape, design_shapes, pending_measurements
 from amoeba_search.profiling.devices import DeviceSpec
 from amoeba_search.profiling.flows.base import Flow, Measurement, MeasureSettings
 from amoeba_search.profiling.lut import LatencyTable
@@ -34,39 +29,6 @@ from amoeba_search.profiling.telemetry import PowerSampler, TelemetryUnavailable
 from amoeba_search.shapes import SearchSpace, SubnetShape
 
 logger = logging.getLogger(__name__)
-
-@dataclass(frozen=True)
-class PlannedShape:
-    shape: SubnetShape
-    role: str  # design | holdout | extra
-
-
-def design_shapes(space: SearchSpace, *, holdout: int = 12, seed: int = 0) -> list[PlannedShape]:
-    """Every width at the shallowest and deepest depth, the middle depth at the smallest and largest
-    width, and ``holdout`` random other shapes of ``space``; in a seeded random order (so that drift in
-    the machine's speed during a run does not line up with depth or width)."""
-    lo, hi, mid = space.depths[0], space.depths[-1], space.depths[len(space.depths) // 2]
-    widths = [(f, h) for f in space.ffn_ratios for h in space.heads_ratios]
-    design: dict[SubnetShape, str] = {}
-    for f, h in widths:
-        for d in (lo, hi):
-            design.setdefault(SubnetShape(d, f, h), "design")
-    for f, h in (widths[0], widths[-1]):
-        design.setdefault(SubnetShape(mid, f, h), "design")
-    rest = [s for s in space if s not in design]
-    rng = random.Random(seed)
-    for shape in rng.sample(rest, min(holdout, len(rest))):
-        design[shape] = "holdout"
-    plan = [PlannedShape(s, r) for s, r in design.items()]
-    rng.shuffle(plan)
-    return plan
-
-
-def random_holdout(space: SearchSpace, n: int, *, exclude=(), seed: int = 1) -> list[SubnetShape]:
-    """``n`` distinct random shapes of ``space`` not in ``exclude``."""
-    rest = [s for s in space if s not in set(exclude)]
-    return random.Random(seed).sample(rest, min(n, len(rest)))
-
 
 def machine_label(spec: DeviceSpec, machine: MachineInfo) -> str:
     if spec.kind == "nvidia-gpu" and machine.gpus:
@@ -165,25 +127,6 @@ def existing_rows(request: ProfileRequest) -> Counter:
             raise LatencyTableError(f"{out} holds {col}={theirs[col]!r} but this run has {col}={mine[col]!r}; "
                                     f"write to another --out")
     return Counter((r.shape, r.role) for r in table.rows.itertuples(index=False))
-
-
-def pending_measurements(plan: list[PlannedShape], done: Counter, *, passes: int = 1, seed: int = 0
-                         ) -> list[PlannedShape]:
-    """The measurements still to make: ``passes`` rows per planned shape, pass after pass (each pass in
-    its own seeded order, so a burst of load hits one pass of a shape, not all of them), minus ``done``."""
-    left = Counter(done)
-    pending = []
-    for index in range(max(1, passes)):
-        order = list(plan)
-        if index:
-            random.Random(seed + index).shuffle(order)
-        for planned in order:
-            key = (str(planned.shape), planned.role)
-            if left[key] > 0:
-                left[key] -= 1
-            else:
-                pending.append(planned)
-    return pending
 
 
 def _stats(values: list[float]) -> tuple[float, float, float]:

@@ -53,8 +53,10 @@ def test_unknown_and_unprepared_names(tmp_path):
     write_task_file(tmp_path / "amoeba_toy.jsonl", ITEMS)
     with pytest.raises(KeyError, match="did you mean amoeba_toy"):
         task_items("amoeba_tyo", directory=tmp_path)
-    with pytest.raises(MissingDependency, match="--prepare-tasks"):
+    with pytest.raises(KeyError, match="known: amoeba_toy"):  # tasks are prepared here: this name is not one
         task_items("amoeba_goal_inference_calib", directory=tmp_path)
+    with pytest.raises(MissingDependency, match="--prepare-tasks"):  # none prepared yet
+        task_items("amoeba_goal_inference_calib", directory=tmp_path / "empty")
     with pytest.raises(FileNotFoundError):
         task_items(str(tmp_path / "nope.jsonl"))
 

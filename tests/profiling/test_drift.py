@@ -5,12 +5,13 @@ import json
 import numpy as np
 import pytest
 
+from amoeba_search.profiling.design import PlannedShape, design_shapes
 from amoeba_search.profiling.devices import BUILTIN
 from amoeba_search.profiling.flows.base import MeasureSettings
 from amoeba_search.profiling.interleave import bracketed_ratios
 from amoeba_search.profiling.lut import LatencyTable
 from amoeba_search.profiling.model_source import load_model_source
-from amoeba_search.profiling.profiler import PlannedShape, ProfileRequest, design_shapes, run_profile
+from amoeba_search.profiling.profiler import ProfileRequest, run_profile
 from amoeba_search.profiling.table_schema import ADDED_COLUMNS, COLUMNS, LatencyTableError, append_row, eval_path
 from amoeba_search.shapes import SearchSpace, SubnetShape
 from tests.conftest import tiny_config

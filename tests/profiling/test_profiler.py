@@ -2,11 +2,12 @@ import json
 
 import pytest
 
+from amoeba_search.profiling.design import PlannedShape, design_shapes
 from amoeba_search.profiling.devices import BUILTIN
 from amoeba_search.profiling.flows.base import MeasureSettings
 from amoeba_search.profiling.lut import LatencyTable
 from amoeba_search.profiling.model_source import load_model_source
-from amoeba_search.profiling.profiler import PlannedShape, ProfileRequest, design_shapes, run_profile
+from amoeba_search.profiling.profiler import ProfileRequest, run_profile
 from amoeba_search.profiling.table_schema import LatencyTableError
 from amoeba_search.shapes import ModelDims, SearchSpace, SubnetShape
 from tests.conftest import tiny_config

@@ -210,11 +210,11 @@ def test_machine_helpers():
 
 
 def test_profiler_rows_record_the_isa(tmp_path):
-    from amoeba_search.profiling.flows.base import MeasureSettings
-    from amoeba_search.profiling.profiler import PlannedShape, ProfileRequest, _row
+    from amoeba_search.profiling.design import PlannedShape
     from amoeba_search.profiling.devices import BUILTIN
-    from amoeba_search.profiling.flows.base import Measurement
+    from amoeba_search.profiling.flows.base import Measurement, MeasureSettings
     from amoeba_search.profiling.model_source import ModelSource
+    from amoeba_search.profiling.profiler import ProfileRequest, _row
     from amoeba_search.shapes import SubnetShape
     from tests.conftest import tiny_config
 
