@@ -155,7 +155,8 @@ def main() -> int:
                        "--json"], results, args.out)
     finally:
         results["total_wall_s"] = round(time.perf_counter() - start, 1)
-        atomic_write_text(args.out, json.dumps(results, indent=1, default=str) + "\n")
+        # the working directory is this run's own: name it $WORK in the committed record
+        atomic_write_text(args.out, json.dumps(results, indent=1, default=str).replace(str(work), "$WORK") + "\n")
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
     failed = [k for k, v in results["steps"].items() if v.get("exit") not in (0, None)]
