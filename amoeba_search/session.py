@@ -93,7 +93,6 @@ def open_supernet(spec: str = "smollm2-135m", strategy: str | Path | None = None
     forward pass. ``dtype``: a torch dtype (default float32)."""
     import torch
 
-    from amoeba_search.finetune.smol import SMoLAdapter
     from amoeba_search.fingerprint import model_fingerprint
     from amoeba_search.models.loading import ALIASES, load_model
     from amoeba_search.models.session import LoadedSupernet
@@ -120,6 +119,8 @@ def open_supernet(spec: str = "smollm2-135m", strategy: str | Path | None = None
     loaded = LoadedSupernet(spec, supernet, tokenizer, fingerprint, chosen,
                             None if strategy is None else str(strategy), provenance)
     if adapter is not None:
+        from amoeba_search.finetune.smol import SMoLAdapter
+
         loaded.adapter = SMoLAdapter.load(adapter, supernet).attach().eval()
         loaded.provenance["adapter"] = str(adapter)
     logger.info("loaded %s (%s on %s), strategy %s, adapter %s", spec, dtype, device, strategy, adapter)

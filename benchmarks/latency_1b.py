@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -28,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from scale_1b import BIN, LLAMA_3_2_1B, build_model, run  # noqa: E402
 
-from amoeba_search.paths import atomic_write_text  # noqa: E402
+from amoeba_search.paths import atomic_write_bytes, atomic_write_text  # noqa: E402
 from amoeba_search.profiling.machine import detect_machine  # noqa: E402
 from amoeba_search.shapes import ModelDims, SearchSpace, SubnetShape  # noqa: E402
 
@@ -107,7 +106,7 @@ def main() -> int:
             "--out", str(table), "--resume", "--json"], results, args.out)
         if record["exit"] == 0:
             committed = ROOT / "benchmarks" / "results" / f"latency-1b-cpu-{flow}.csv"
-            shutil.copyfile(table, committed)
+            atomic_write_bytes(committed, table.read_bytes())
             results["sweeps"][flow] = sweep_ratios(committed, sweeps)
             results.setdefault("tables", {})[flow] = table_summary(committed, space.largest())
             results["steps"][f"profile-{flow}"]["table"] = committed.relative_to(ROOT).as_posix()

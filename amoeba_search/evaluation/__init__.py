@@ -14,7 +14,8 @@ import types
 
 _MC = "amoeba_search.data.multiple_choice"
 
-# name -> submodule (or a module outside the package); imported on first use, so ``import amoeba_search.evaluation`` does not pull in torch
+# name -> submodule (or a module outside the package); imported on first use, so
+# ``import amoeba_search.evaluation`` does not pull in torch
 _EXPORTS = {
     "TaskUnavailable": "harness", "evaluate_tasks": "harness", "hub_offline": "harness", "resolve_tasks": "harness",
     "local_task_names": "local_tasks", "random_baseline": "local_tasks", "task_items": "local_tasks",
