@@ -16,7 +16,7 @@ from amoeba_search.profiling.devices import DeviceSpec, get_device
 from amoeba_search.selection.calibration import _HEAD_ROWS  # rows of logits perplexity scores at once
 from amoeba_search.selection.depth_baselines import BASELINES
 from amoeba_search.selection.depth_dp import check_beam, check_depth_range, dp_evaluation_count
-from amoeba_search.selection.width import WIDTH_METRICS
+from amoeba_search.selection.width import GRADIENT_METRICS, STATISTICS_METRICS, WIDTH_METRICS
 from amoeba_search.shapes import ModelDims, SearchSpace, SubnetShape
 
 SELECT_METHODS = ("dp",) + BASELINES
@@ -155,8 +155,10 @@ def plan_select(config, *, samples: int, seq_len: int, min_depth: int | None, ke
     check_depth_range(n, min_depth, keep_last)
     check_beam(beam)
     evaluations, passes = _select_forwards(n, method, min_depth, keep_last, beam)
-    if width_metric in ("flap", "activation"):
+    if width_metric in STATISTICS_METRICS:
         passes[n] += 1                                              # the width-statistics pass
+    if width_metric in GRADIENT_METRICS:
+        passes[n] += 3                                              # forward + backward, ~3 forwards
     batches = math.ceil(samples / batch_size)
     flops = sum(k * samples * fp.sequence_flops(config, SubnetShape(d), seq_len=seq_len) for d, k in passes.items())
     bytes_moved = sum(k * batches * fp.forward_read_bytes(config, SubnetShape(d), dtype=dtype)
@@ -171,6 +173,10 @@ def plan_select(config, *, samples: int, seq_len: int, min_depth: int | None, ke
               "tree_path": n * batch_tokens * dims.hidden_size * nbytes,
               "layer_activations": _layer_activation_bytes(dims, batch_tokens, nbytes),
               "logits": _logit_bytes(config, min(_HEAD_ROWS, samples) * seq_len, nbytes)}
+    if width_metric in GRADIENT_METRICS:  # gradients of gate/up/down/q/o + one batch's saved activations and logits
+        cut = dims.num_layers * dims.hidden_size * (3 * dims.ffn_size + 2 * dims.num_heads * dims.head_dim)
+        memory["width_gradients"] = (cut * nbytes + n * _layer_activation_bytes(dims, batch_tokens, nbytes)
+                                     + _logit_bytes(config, batch_tokens, nbytes))
     assumptions = [
         f"{method}: {evaluations} evaluations"
         + (" (dp_evaluation_count)" if method == "dp" else
@@ -179,8 +185,9 @@ def plan_select(config, *, samples: int, seq_len: int, min_depth: int | None, ke
         f"tokens = evaluations x {samples} samples x {seq_len} tokens (perplexity metric; multiple-choice items vary)",
         "FLOPs: an upper bound, every evaluation a full forward over the calibration set at its depth; the prefix "
         "cache of selection/objective.py runs shared lower layers once, so the run does less",
-        "FLOPs and bytes include one full pass for the width statistics" if width_metric in ("flap", "activation")
-        else f"width metric {width_metric} reads only weights: no calibration pass",
+        "FLOPs and bytes include one full pass for the width statistics" if width_metric in STATISTICS_METRICS
+        else "FLOPs and bytes include the width gradients' forward and backward pass (3 forwards)"
+        if width_metric in GRADIENT_METRICS else f"width metric {width_metric} reads only weights: no calibration pass",
         f"bytes moved: the weights at each evaluation's depth read once per forward of a batch "
         f"({batches} batches of {batch_size}); activation traffic not counted",
         f"peak memory = weights + calibration hidden states ({kept_states} of {n} layers' inputs kept, "
@@ -189,6 +196,10 @@ def plan_select(config, *, samples: int, seq_len: int, min_depth: int | None, ke
     ]
     if method in ("shortgpt", "angular"):
         assumptions.append("FLOPs include the hidden-similarity pass; its float64 states are not in peak memory")
+    if width_metric in GRADIENT_METRICS:
+        assumptions.append("width gradients: the five cut projections' gradients, every layer's activations of one "
+                           "batch (4 x hidden + 3 x FFN per token) and its logits, added to the DP's memory though the "
+                           "two phases do not overlap (an upper bound)")
     return _plan("select", config=config, spec=spec, dtype=dtype, evaluations=evaluations,
                  tokens=evaluations * samples * seq_len, flops=flops, bytes_moved=bytes_moved, memory=memory,
                  assumptions=assumptions, check_meta=check_meta)

@@ -9,6 +9,11 @@ recorded). At every target each arm picks its own shape:
 - ``flap``: FLAP width pruning with bias compensation (the committed beam-4 strategy's channel and head order and
   channel means), all layers, FFN ratios down to 0.25: of the widths within the target whose cost is at least
   ``--near`` of the limit, the one with the best calibration perplexity;
+- ``llm-pruner``: LLM-Pruner's width pruning (Ma et al. 2023: element-wise first-order Taylor importance
+  ``|w * dL/dw|`` of the LM loss on the same calibration blocks, summed over each FFN channel's and head's weights;
+  ``amoeba-select --width-metric taylor``), no bias compensation, the same width family and choice rule as ``flap``.
+  LLM-Pruner leaves its first and last layers unpruned; here every layer has the same width, as in the search
+  space;
 - ``amoeba``: the one-for-all SMoL adapter trained with ``--steps`` on the committed beam-4 strategy (the shipped
   adapter's command at that step count) and the searched shape: every shape of the search space within the target
   whose cost is at least ``--near`` of the limit, scored with the adapter on the ``calib`` split, best kept; no
@@ -19,8 +24,7 @@ recorded). At every target each arm picks its own shape:
 
 Every per-shape arm trains one LoRA of the SMoL mixture's active size (rank x top-k) on every linear for
 ``--steps`` steps on the same data (wiki train split, batch 4 x 128 tokens, lr 5e-4, seed 0), so each arm gets as
-many steps as the one-for-all run. LLM-Pruner's Taylor width importance is not an arm: the library has no
-gradient-based width metric yet. Scores: held-out wiki and austen perplexity (eval split, documents training
+many steps as the one-for-all run. Scores: held-out wiki and austen perplexity (eval split, documents training
 never saw) and the offline multiple-choice tasks' accuracy. Everything runs in bf16 where this CPU has bf16
 instructions, else fp32. Each cell is written to ``results/frontier.json`` when done, and every training run
 directory is resumable: kill the script and run it again.
@@ -70,7 +74,8 @@ RATIOS = (0.8, 0.65, 0.5)
 BUDGET_POINTS = (0.75, 0.5, 0.25)  # of the way from the smallest shape's table latency to the full model's
 TASKS = ("amoeba_goal_inference", "amoeba_step_inference", "amoeba_general_knowledge", "amoeba_phrase_relatedness",
          "amoeba_similarities_abstraction")
-ARMS = ("amoeba", "amoeba-dagger", "shortgpt", "flap", "amoeba-shipped")
+ARMS = ("amoeba", "amoeba-dagger", "shortgpt", "flap", "llm-pruner", "amoeba-shipped")
+BASELINES = ("shortgpt", "flap", "llm-pruner", "amoeba-dagger")  # each fine-tuned for its one shape
 CORPORA = ("wiki", "austen")
 FLAP_FFN_RATIOS = (0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
 SHORTGPT_MIN_DEPTH = 8
@@ -241,6 +246,13 @@ def main(argv=None) -> int:
     beam4 = open_supernet("smollm2-135m", STRATEGY, dtype=dtype)
     shortgpt = open_supernet("smollm2-135m", shortgpt_strategy, dtype=dtype)
     space = beam4.space()
+    llm_pruner_strategy = args.runs / "strategy-llm-pruner.json"
+    if "llm-pruner" in arms and not llm_pruner_strategy.is_file():  # every layer kept: only the width orders matter
+        subprocess.run([sys.executable, "-m", "amoeba_search.cli.select", "--method", "drop-last", "--calib", "wiki",
+                        "--samples", "4", "--seq-len", "256", "--min-depth", str(space.depths[-1]),
+                        "--width-metric", "taylor", "--out", str(llm_pruner_strategy), "--json", "--dtype", args.dtype],
+                       cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    llm_pruner = open_supernet("smollm2-135m", llm_pruner_strategy, dtype=dtype) if "llm-pruner" in arms else None
     config = copy.deepcopy(beam4.supernet.model.config)  # the view edits the live config as it activates shapes
     held_out = {c: token_blocks(c, beam4.tokenizer, split="eval", seq_len=256, max_blocks=args.eval_blocks)
                 for c in CORPORA}
@@ -270,15 +282,15 @@ def main(argv=None) -> int:
                 loaded = beam4
             elif arm == "shortgpt":
                 shape, loaded = shortgpt_shape(target, range(SHORTGPT_MIN_DEPTH, space.depths[-1] + 1)), shortgpt
-            else:
-                shape, cell["search"] = searched_shape(beam4, target, flap_family(space.depths[-1], space), calib)
-                loaded = beam4
+            else:  # flap, llm-pruner: the same widths, each ranked by its own importance
+                loaded = beam4 if arm == "flap" else llm_pruner
+                shape, cell["search"] = searched_shape(loaded, target, flap_family(space.depths[-1], space), calib)
             if shape is None:
                 cells[arm] = {"shape": None, "why": "no shape of this arm's family fits the target"}
                 detach(beam4)
                 save()
                 continue
-            if arm in ("amoeba-dagger", "shortgpt", "flap"):
+            if arm in BASELINES:
                 run = args.runs / f"{arm}-{shape}"
                 cell["train"] = train_one_shape(args, loaded, shape, run, data)
                 cell["train"]["run"] = os.path.relpath(run, ROOT)
@@ -299,7 +311,7 @@ def main(argv=None) -> int:
 def summarize(results: dict, arms) -> dict:
     """Where AmoebaLLM (equal steps, no per-shape training) beats every baseline on held-out perplexity, and the
     total fine-tuning cost of each arm (one run for the family against one run per shape)."""
-    baselines = [a for a in ("shortgpt", "flap", "amoeba-dagger") if a in arms]
+    baselines = [a for a in BASELINES if a in arms]
     wins = {}
     for key, cells in results["cells"].items():
         mine = cells.get("amoeba", {})

@@ -166,6 +166,10 @@ def test_select_flops_count_each_dp_evaluation_at_its_depth(min_depth, keep_last
     with_width = plan_select(config, samples=3, seq_len=16, min_depth=min_depth, keep_last=keep_last, beam=beam,
                              dtype="fp32", device_spec="h100", width_metric="flap")
     assert with_width.flops == plan.flops + 3 * fp.sequence_flops(config, seq_len=16)
+    taylor = plan_select(config, samples=3, seq_len=16, min_depth=min_depth, keep_last=keep_last, beam=beam,
+                         dtype="fp32", device_spec="h100", width_metric="taylor")
+    assert taylor.flops == plan.flops + 3 * 3 * fp.sequence_flops(config, seq_len=16)  # forward + backward
+    assert taylor.peak_memory_bytes > plan.peak_memory_bytes
 
 
 def test_select_baselines_count_what_they_run():

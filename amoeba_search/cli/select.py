@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "(default: %(default)s)")
     parser.add_argument("--metric", default="ppl", help="calibration metric: ppl, mc-acc, mc-loss (default: %(default)s)")
     parser.add_argument("--width-metric", default="flap",
-                        help="width importance: flap, magnitude, activation, random (default: %(default)s)")
+                        help="width importance: flap, magnitude, activation, taylor (LLM-Pruner, one backward pass), "
+                             "random (default: %(default)s)")
     parser.add_argument("--samples", type=positive_int, default=4,
                         help="calibration blocks of --seq-len tokens, evenly spaced over the split (ppl), or items "
                              "(mc); the DP's time grows linearly with it: 4 x 256 tokens took ~27 min for "

@@ -19,7 +19,7 @@ from amoeba_search.selection.depth_baselines import (angular_layers, drop_last_l
 from amoeba_search.selection.depth_dp import DepthResult, DPCheckpoint, check_beam, check_depth_range, depth_dp
 from amoeba_search.selection.objective import CACHE_MODES, ModelObjective
 from amoeba_search.selection.strategy import SelectionStrategy
-from amoeba_search.selection.width import WIDTH_METRICS, width_orders
+from amoeba_search.selection.width import STATISTICS_METRICS, WIDTH_METRICS, width_orders
 
 METHODS = ("dp", "shortgpt", "angular", "ppl-rank", "drop-last")
 
@@ -122,7 +122,7 @@ def select_strategy(supernet, tokenizer, fingerprint: dict, settings: SelectionS
     """
     n = supernet.dims.num_layers
     settings = settings.checked(n)
-    if bias_compensation and settings.width_metric not in ("flap", "activation"):
+    if bias_compensation and settings.width_metric not in STATISTICS_METRICS:
         raise InputError(f"bias compensation needs channel statistics, which width metric "
                          f"{settings.width_metric!r} does not collect; use width metric flap or activation")
     metric = calibration_metric(settings, tokenizer)

@@ -10,6 +10,10 @@ A channel is what a consuming projection reads: an FFN channel is a ``down_proj`
 - ``magnitude``: squared norm of every weight tied to the channel (gate and up rows + down column; q rows + o
   columns for a head).
 - ``activation``: mean square of the channel's input (``||X_j||^2 / tokens``).
+- ``taylor`` (LLM-Pruner, Ma et al. 2023, element-wise first-order Taylor, "param_first"): ``|w * dL/dw|`` of the
+  LM loss on the calibration batches, summed over every weight the channel's removal deletes (gate and up rows +
+  down column; q rows + o columns for a head; k and v stay, GQA shares them). Needs one backward pass and
+  gradients of those projections (as much memory again as their weights).
 - ``random``: a seeded random order.
 
 Heads are ranked WITHIN their KV group (``head_orders[l][k]`` ranks the group's heads by their index in the
@@ -35,7 +39,9 @@ from tqdm.auto import tqdm
 from amoeba_search.errors import InputError
 from amoeba_search.selection.calibration import causal_lm
 
-WIDTH_METRICS = ("flap", "magnitude", "activation", "random")
+WIDTH_METRICS = ("flap", "magnitude", "activation", "taylor", "random")
+STATISTICS_METRICS = ("flap", "activation")  # need channel_statistics
+GRADIENT_METRICS = ("taylor",)  # need taylor_scores
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +146,57 @@ def original_weights(supernet, layer: int) -> dict[str, torch.Tensor]:
     }
 
 
+_TAYLOR_WEIGHTS = {"gate": ("mlp", "gate_proj", 1), "up": ("mlp", "up_proj", 1), "down": ("mlp", "down_proj", 0),
+                   "q": ("self_attn", "q_proj", 1), "o": ("self_attn", "o_proj", 0)}  # sum over dim -> per channel
+
+
+def taylor_scores(supernet, batches: Sequence[torch.Tensor], *, progress: bool = False
+                  ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per layer, LLM-Pruner's first-order Taylor importance of every FFN channel ``(F,)`` and query head ``(H,)``.
+
+    The mean LM loss of the full model over ``batches`` is back-propagated once into the five projections a width
+    reduction cuts; nothing else gets a gradient, and the model's ``requires_grad`` flags and active shape are put
+    back afterwards. Scores are float64, on the CPU, in ORIGINAL indices.
+    """
+    if not batches:
+        raise InputError("width metric 'taylor' needs calibration batches")
+    previous = (supernet.active_shape, supernet.active_layers)
+    supernet.set_active(supernet.full_shape())
+    model = causal_lm(supernet)
+    flags = {p: p.requires_grad for p in model.parameters()}
+    weights = [{name: getattr(getattr(layer, block), proj).weight
+                for name, (block, proj, _) in _TAYLOR_WEIGHTS.items()} for layer in supernet.layers]
+    try:
+        model.requires_grad_(False)
+        for layer in weights:
+            for w in layer.values():
+                w.requires_grad_(True)
+                w.grad = None
+        device = model.get_input_embeddings().weight.device
+        with torch.enable_grad():
+            for ids in tqdm(batches, desc="taylor gradients", unit="batch", disable=not progress):
+                ids = ids.to(device)
+                loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+                (loss / len(batches)).backward()
+        hd, heads = supernet.dims.head_dim, supernet.dims.num_heads
+        ffn_scores, head_scores = [], []
+        for i, layer in enumerate(weights):
+            part = {name: (w.detach().double() * w.grad.double()).abs().sum(_TAYLOR_WEIGHTS[name][2]).cpu()
+                    for name, w in layer.items()}
+            ffn = _to_original(part["gate"] + part["up"] + part["down"], _ffn_positions(supernet, i))
+            attn = _to_original(part["q"] + part["o"], _attn_positions(supernet, i))
+            ffn_scores.append(ffn)
+            head_scores.append(attn.view(heads, hd).sum(1))
+    finally:
+        for layer in weights:
+            for w in layer.values():
+                w.grad = None
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+        supernet.set_active(*previous)
+    return ffn_scores, head_scores
+
+
 def _standardize(scores: torch.Tensor) -> torch.Tensor:
     std = scores.std()
     if not torch.isfinite(std) or std == 0:
@@ -156,8 +213,10 @@ def importance_scores(supernet, stats: ChannelStats | None, metric: str = "flap"
         close = difflib.get_close_matches(metric, WIDTH_METRICS, n=1, cutoff=0.4)
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise InputError(f"unknown width metric {metric!r}; {hint}known: {', '.join(WIDTH_METRICS)}")
-    if stats is None and metric in ("flap", "activation"):
+    if stats is None and metric in STATISTICS_METRICS:
         raise InputError(f"width metric {metric!r} needs calibration statistics")
+    if metric in GRADIENT_METRICS:
+        raise InputError(f"width metric {metric!r} needs gradients, not statistics: call taylor_scores")
     dims = supernet.dims
     heads, hd = dims.num_heads, dims.head_dim
     ffn_scores, head_scores = [], []
@@ -205,13 +264,16 @@ def width_orders(supernet, batches: Sequence[torch.Tensor] | None, metric: str =
     """Collect statistics (when the metric needs them) and return ``(ffn_orders, head_orders, stats)``."""
     started = time.perf_counter()
     stats = None
-    if metric in ("flap", "activation"):
+    if metric in STATISTICS_METRICS:
         if not batches:
             raise InputError(f"width metric {metric!r} needs calibration batches")
         stats = channel_statistics(supernet, batches, progress=progress)
         logger.debug("channel statistics: %d tokens in %d batches, %.1f s", stats.tokens, len(batches),
                      time.perf_counter() - started)
-    ffn_scores, head_scores = importance_scores(supernet, stats, metric, seed=seed)
+    if metric in GRADIENT_METRICS:
+        ffn_scores, head_scores = taylor_scores(supernet, batches, progress=progress)
+    else:
+        ffn_scores, head_scores = importance_scores(supernet, stats, metric, seed=seed)
     ffn_orders, head_orders = orders_from_scores(ffn_scores, head_scores, supernet.dims)
     logger.info("width ranking computed: %s over %d layers (%d FFN channels, %d heads each), %.1f s",
                 metric, supernet.dims.num_layers, supernet.dims.ffn_size, supernet.dims.num_heads,

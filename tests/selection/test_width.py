@@ -3,7 +3,7 @@ import torch
 
 from amoeba_search.models.supernet import Supernet
 from amoeba_search.selection.width import (WIDTH_METRICS, channel_statistics, importance_scores, orders_from_scores,
-                                           width_orders)
+                                           taylor_scores, width_orders)
 from amoeba_search.shapes import SubnetShape
 from tests.conftest import tiny_model
 from tests.selection.flap_bias_oracle import add_output_biases, bias_compensation
@@ -40,7 +40,7 @@ def test_orders_are_permutations_and_gqa_valid(family, metric):
         assert supernet(_batches()[0]).logits.isfinite().all()
 
 
-@pytest.mark.parametrize("metric", ["flap", "magnitude", "activation"])
+@pytest.mark.parametrize("metric", ["flap", "magnitude", "activation", "taylor"])
 def test_orders_are_in_original_indices_whatever_the_current_order(family, metric):
     plain = Supernet(tiny_model(family))
     scrambled = Supernet(tiny_model(family))
@@ -79,6 +79,37 @@ def test_flap_scores_match_a_direct_computation_on_the_plain_model():
     assert ffn_orders[1] == torch.argsort(-ffn, stable=True).tolist()
     for k in range(2):  # heads k*3 .. k*3+2 share KV head k
         assert head_orders[1][k] == torch.argsort(-attn[3 * k:3 * k + 3], stable=True).tolist()
+
+
+def test_taylor_scores_match_a_direct_computation_on_the_plain_model():
+    model = tiny_model()
+    batches = _batches()
+    loss = sum(model(input_ids=ids, labels=ids).loss for ids in batches) / len(batches)
+    layer = model.model.layers[1]
+    projections = {"gate": layer.mlp.gate_proj, "up": layer.mlp.up_proj, "down": layer.mlp.down_proj,
+                   "q": layer.self_attn.q_proj, "o": layer.self_attn.o_proj}
+    grads = dict(zip(projections, torch.autograd.grad(loss, [m.weight for m in projections.values()])))
+    salience = {k: (m.weight.detach().double() * grads[k].double()).abs() for k, m in projections.items()}
+    ffn = salience["gate"].sum(1) + salience["up"].sum(1) + salience["down"].sum(0)
+    heads = (salience["q"].sum(1) + salience["o"].sum(0)).view(6, 8).sum(1)
+
+    supernet = Supernet(tiny_model())
+    _scramble(supernet)
+    shape = SubnetShape(supernet.dims.num_layers, 0.5, 1 / 3)
+    supernet.set_active(shape)
+    flags = [p.requires_grad for p in supernet.model.parameters()]
+    ffn_scores, head_scores = taylor_scores(supernet, batches)
+    torch.testing.assert_close(ffn_scores[1], ffn, rtol=1e-4, atol=1e-9)
+    torch.testing.assert_close(head_scores[1], heads, rtol=1e-4, atol=1e-9)
+    # the supernet is left as it was: active shape, requires_grad flags, no gradients
+    assert supernet.active_shape == shape
+    assert [p.requires_grad for p in supernet.model.parameters()] == flags
+    assert all(p.grad is None for p in supernet.model.parameters())
+
+
+def test_taylor_needs_batches():
+    with pytest.raises(ValueError, match="needs calibration batches"):
+        width_orders(Supernet(tiny_model()), [], "taylor")
 
 
 def test_random_orders_depend_on_the_seed_only():
