@@ -100,7 +100,7 @@ class SelectionStrategy:
         if same_weights(mine, theirs) is None and any(k in mine for k in WEIGHT_KEYS.values()):
             raise StrategyMismatchError(
                 "strategy records no weight checksum for a model loaded in this dtype; load the model with "
-                f"--dtype fp32, or re-make the strategy with amoeba-select")
+                "--dtype fp32, or re-make the strategy with amoeba-select")
 
     # -- JSON ----------------------------------------------------------------------------------------
 

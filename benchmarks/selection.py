@@ -5,15 +5,16 @@ document set, for the default model (SmolLM2-135M, 30 layers):
 
 - depth: held-out perplexity at depths 24, 20, 16 for the DP and every depth baseline (same calibration data);
 - width: held-out perplexity at FFN ratios 0.875 / 0.75 / 0.625 (full heads, full depth) and at heads ratio
-  2/3 (full FFN) for FLAP importance, weight magnitude, activation norm and random orders, plus FLAP with its
-  bias compensation;
+  2/3 (full FFN) for FLAP importance, weight magnitude, activation norm, LLM-Pruner's Taylor importance and random
+  orders, plus FLAP with its bias compensation;
 - cost: DP evaluations and wall time with and without prefix caching. The no-cache DP is timed on a reduced
   DP (depths ``--timing-min-depth``..30, ``--timing-samples`` blocks) and the cached modes on exactly the same
   reduced settings; for the full DP the layer / head passes of every mode are counted.
 
 Stages run on their own into an existing results file (``--stages``): ``beam`` (the DP widened to a beam),
 ``strategies`` (shapes of depth and width together under the committed strategy and under a beam-4 strategy
-with stored channel means, each with and without bias compensation).
+with stored channel means, each with and without bias compensation), ``taylor`` (LLM-Pruner's Taylor width orders
+scored at the width shapes).
 
 It also writes the committed strategy (``profiles/smollm2-135m/strategy.json``: DP + FLAP, min depth 15) and
 records the command that reproduces it. Deterministic apart from wall times. Results go to
@@ -48,14 +49,15 @@ from amoeba_search.selection.objective import ModelObjective  # noqa: E402
 from amoeba_search.selection.pipeline import (SelectionSettings, calibration_metric, channel_means,  # noqa: E402
                                               select_strategy)
 from amoeba_search.selection.strategy import SelectionStrategy  # noqa: E402
-from amoeba_search.selection.width import channel_statistics, importance_scores, orders_from_scores  # noqa: E402
+from amoeba_search.selection.width import (channel_statistics, importance_scores, orders_from_scores,  # noqa: E402
+                                           taylor_scores)
 from amoeba_search.session import open_supernet  # noqa: E402
 from amoeba_search.shapes import SubnetShape  # noqa: E402
 
 FFN_RATIOS = (0.875, 0.75, 0.625)
 HEADS_RATIO = round(2 / 3, 3)
 DEPTH_METHODS = ("dp", "shortgpt", "angular", "ppl-rank", "drop-last")
-WIDTH_METHODS = ("flap", "magnitude", "activation", "random")
+WIDTH_METHODS = ("flap", "magnitude", "activation", "taylor", "random")  # taylor: LLM-Pruner, from gradients
 
 
 def log(message: str) -> None:
@@ -82,7 +84,7 @@ def parse_args(argv=None):
     p.add_argument("--investigate-samples", type=int, default=16,
                    help="calibration blocks for re-scoring the layer sets of depths where the DP lost")
     p.add_argument("--stages", default="all",
-                   help="all, or a comma list of timing,costmodel,investigate,beam,strategies to update an existing "
+                   help="all, or a comma list of timing,costmodel,investigate,beam,strategies,taylor to update an existing "
                         "--out file")
     p.add_argument("--beam", type=int, default=4, help="beam of the widened DP (stage beam)")
     p.add_argument("--compare-strategy", type=Path, default=ROOT / "profiles/smollm2-135m/strategy-beam4.json",
@@ -214,7 +216,8 @@ def main(argv=None) -> int:
     stats = channel_statistics(supernet, metric.batches())
     orders = {}
     for method in WIDTH_METHODS:
-        scores = importance_scores(supernet, stats, method, seed=0)
+        scores = (taylor_scores(supernet, metric.batches()) if method == "taylor"
+                  else importance_scores(supernet, stats, method, seed=0))
         orders[method] = orders_from_scores(*scores, supernet.dims)
     assert orders["flap"] == (strategy.ffn_orders, strategy.head_orders), "FLAP orders differ from the strategy's"
     shapes = [SubnetShape(n, r, 1.0) for r in FFN_RATIOS] + [SubnetShape(n, 1.0, HEADS_RATIO)]
@@ -416,6 +419,21 @@ def finish(results, args, save) -> None:
     log(f"wrote {args.out}")
 
 
+def run_taylor(supernet, tok, args, results) -> None:
+    """LLM-Pruner's Taylor width orders from the width comparison's calibration blocks, scored at its shapes."""
+    calib = results["calibration"]
+    metric = calibration_metric(SelectionSettings(calib=calib["source"], split=calib["split"], samples=calib["blocks"],
+                                                  seq_len=calib["seq_len"]), tok)
+    sets = heldout_sets(args, tok)
+    ffn_orders, head_orders = orders_from_scores(*taylor_scores(supernet, metric.batches()), supernet.dims)
+    supernet.set_order(ffn_orders=ffn_orders, head_orders=head_orders)
+    for shape, row in results["width"].items():
+        supernet.set_active(SubnetShape.parse(shape))
+        row["taylor"] = heldout_ppl(supernet, sets, args.batch_size)
+    supernet.set_active(supernet.full_shape())
+    log("width taylor: " + ", ".join(f"{s} {row['taylor'][next(iter(sets))]:.2f}" for s, row in results["width"].items()))
+
+
 def update(args) -> int:
     """Re-run only some stages (timing, investigate) against an existing results file."""
     results = json.loads(args.out.read_text())
@@ -446,6 +464,9 @@ def update(args) -> int:
                                    compare_shapes=args.compare_shapes)
         run_strategies(args, results)
         save()
+    if "taylor" in stages:
+        run_taylor(loaded.supernet, loaded.tokenizer, args, results)
+        save()
     if "investigate" in stages:
         results["settings"].update(investigate_samples=args.investigate_samples)
         run_investigation(loaded.supernet, loaded.tokenizer, args, results)
@@ -466,11 +487,11 @@ def markdown(results) -> str:
         for method, v in row.items():
             cells = [f"**{v[s]:.2f}**" if v[s] == best[s] else f"{v[s]:.2f}" for s in names]
             lines.append(f"| {depth} | {method} | {v['removed']} | {v['calib']:.2f} | " + " | ".join(cells) + " |")
-    lines += ["", "| shape | " + " | ".join(f"{m} ({s})" for m in (*WIDTH_METHODS, "flap+bias") for s in names) + " |",
-              "|---|" + "---|" * (len(names) * (len(WIDTH_METHODS) + 1))]
+    methods = [m for m in (*WIDTH_METHODS, "flap+bias") if all(m in row for row in results["width"].values())]
+    lines += ["", "| shape | " + " | ".join(f"{m} ({s})" for m in methods for s in names) + " |",
+              "|---|" + "---|" * (len(names) * len(methods))]
     for shape, row in results["width"].items():
-        lines.append(f"| {shape} | " + " | ".join(f"{row[m][s]:.2f}" for m in (*WIDTH_METHODS, "flap+bias")
-                                                  for s in names) + " |")
+        lines.append(f"| {shape} | " + " | ".join(f"{row[m][s]:.2f}" for m in methods for s in names) + " |")
     cost = results["dp_cost"]
     full = cost["full"]
     n = results["num_layers"]

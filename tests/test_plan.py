@@ -1,7 +1,6 @@
 """Dry-run plans and the analytic footprint, checked by hand and against models built on the meta device."""
 from __future__ import annotations
 
-import math
 from collections import Counter
 
 import pytest

@@ -116,7 +116,14 @@ LATENCY_1B_CLAIMS = [
 ]
 
 FRONTIER_TARGETS = list(_load("frontier.json")["cells"])
-FRONTIER_ARMS = ("amoeba", "amoeba-dagger", "shortgpt", "flap", "amoeba-shipped")
+FRONTIER_ARMS = ("amoeba", "amoeba-dagger", "shortgpt", "flap", "llm-pruner", "amoeba-shipped")
+
+
+def _taylor_against_flap(d):
+    cells = d["cells"].values()
+    same = sum(c["flap"]["shape"] == c["llm-pruner"]["shape"] for c in cells)
+    above = sum(all(c["llm-pruner"]["ppl"][k] > c["flap"]["ppl"][k] for k in ("wiki", "austen")) for c in cells)
+    return f"same widths as FLAP at {same} of {len(cells)} targets and ends above it on both corpora at {above}:"
 
 CLAIMS = [
     ("default-adapter.json", _curve_row("0")),
@@ -137,6 +144,11 @@ CLAIMS = [
     *[("frontier.json", _frontier_cell(target, arm)) for target in FRONTIER_TARGETS for arm in FRONTIER_ARMS],
     ("frontier.json", lambda d: f"beats FLAP at all {d['summary']['head_to_head']['amoeba vs flap']['wins_both_corpora']}"
                                 " targets"),
+    ("frontier.json", lambda d: "and LLM-Pruner at all "
+                                f"{d['summary']['head_to_head']['amoeba vs llm-pruner']['wins_both_corpora']} targets"),
+    ("frontier.json", _taylor_against_flap),
+    ("frontier.json", lambda d: f"{d['summary']['fine_tuning_runs']['llm-pruner']} and "
+                                f"{d['summary']['fine_tuning_subnet_passes']['llm-pruner']} for LLM-Pruner"),
     ("frontier.json", lambda d: "beats ShortGPT on wiki at "
                                 f"{d['summary']['head_to_head']['amoeba vs shortgpt']['wins_wiki']} of "
                                 f"{d['summary']['head_to_head']['amoeba vs shortgpt']['targets']}"),
