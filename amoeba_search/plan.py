@@ -177,6 +177,12 @@ def plan_select(config, *, samples: int, seq_len: int, min_depth: int | None, ke
         cut = dims.num_layers * dims.hidden_size * (3 * dims.ffn_size + 2 * dims.num_heads * dims.head_dim)
         memory["width_gradients"] = (cut * nbytes + n * _layer_activation_bytes(dims, batch_tokens, nbytes)
                                      + _logit_bytes(config, batch_tokens, nbytes))
+    if width_metric in STATISTICS_METRICS:
+        width_pass = "FLOPs and bytes include one full pass for the width statistics"
+    elif width_metric in GRADIENT_METRICS:
+        width_pass = "FLOPs and bytes include the width gradients' forward and backward pass (3 forwards)"
+    else:
+        width_pass = f"width metric {width_metric} reads only weights: no calibration pass"
     assumptions = [
         f"{method}: {evaluations} evaluations"
         + (" (dp_evaluation_count)" if method == "dp" else
@@ -185,9 +191,7 @@ def plan_select(config, *, samples: int, seq_len: int, min_depth: int | None, ke
         f"tokens = evaluations x {samples} samples x {seq_len} tokens (perplexity metric; multiple-choice items vary)",
         "FLOPs: an upper bound, every evaluation a full forward over the calibration set at its depth; the prefix "
         "cache of selection/objective.py runs shared lower layers once, so the run does less",
-        "FLOPs and bytes include one full pass for the width statistics" if width_metric in STATISTICS_METRICS
-        else "FLOPs and bytes include the width gradients' forward and backward pass (3 forwards)"
-        if width_metric in GRADIENT_METRICS else f"width metric {width_metric} reads only weights: no calibration pass",
+        width_pass,
         f"bytes moved: the weights at each evaluation's depth read once per forward of a batch "
         f"({batches} batches of {batch_size}); activation traffic not counted",
         f"peak memory = weights + calibration hidden states ({kept_states} of {n} layers' inputs kept, "

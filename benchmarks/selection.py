@@ -84,8 +84,8 @@ def parse_args(argv=None):
     p.add_argument("--investigate-samples", type=int, default=16,
                    help="calibration blocks for re-scoring the layer sets of depths where the DP lost")
     p.add_argument("--stages", default="all",
-                   help="all, or a comma list of timing,costmodel,investigate,beam,strategies,taylor to update an existing "
-                        "--out file")
+                   help="all, or a comma list of timing,costmodel,investigate,beam,strategies,taylor to update an "
+                        "existing --out file")
     p.add_argument("--beam", type=int, default=4, help="beam of the widened DP (stage beam)")
     p.add_argument("--compare-strategy", type=Path, default=ROOT / "profiles/smollm2-135m/strategy-beam4.json",
                    help="stage strategies: a strategy with channel_means (amoeba-select --beam 4 --bias-compensation) "
@@ -431,7 +431,8 @@ def run_taylor(supernet, tok, args, results) -> None:
         supernet.set_active(SubnetShape.parse(shape))
         row["taylor"] = heldout_ppl(supernet, sets, args.batch_size)
     supernet.set_active(supernet.full_shape())
-    log("width taylor: " + ", ".join(f"{s} {row['taylor'][next(iter(sets))]:.2f}" for s, row in results["width"].items()))
+    first = next(iter(sets))
+    log("width taylor: " + ", ".join(f"{s} {row['taylor'][first]:.2f}" for s, row in results["width"].items()))
 
 
 def update(args) -> int:

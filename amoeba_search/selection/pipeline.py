@@ -18,8 +18,8 @@ from amoeba_search.selection.depth_baselines import (angular_layers, drop_last_l
                                                      ppl_rank_layers, score_layer_sets, shortgpt_layers)
 from amoeba_search.selection.depth_dp import DepthResult, DPCheckpoint, check_beam, check_depth_range, depth_dp
 from amoeba_search.selection.objective import CACHE_MODES, ModelObjective
-from amoeba_search.strategy import SelectionStrategy
 from amoeba_search.selection.width import STATISTICS_METRICS, WIDTH_METRICS, width_orders
+from amoeba_search.strategy import SelectionStrategy
 
 METHODS = ("dp", "shortgpt", "angular", "ppl-rank", "drop-last")
 
