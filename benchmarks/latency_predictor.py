@@ -23,6 +23,7 @@ for each flow that runs here:
    within ±10%), the predicted absolute latency (predicted ratio x the reference measured once more at the end)
    against the measured ms (target 97%), and the table's plain absolute predictor; the noise floor (the
    reference's spread across loads) and the error relative to it; the measurements vs the full grid and time;
+   with ``--passes P`` > 1, the ratio scores again from the first 1 .. P passes of both tables;
 3. transfers the committed table of the same flow (another machine's) to this machine with 1, 3 and 5 anchors
    (taken from the table measured here) and scores it on the held-out shapes (target 95% within ±10%); and
    from one flow to another for flows measured here;
@@ -320,6 +321,38 @@ def ratio_accuracy(table, truth) -> dict:
     return out
 
 
+def first_passes(table, k: int):
+    """The table restricted to the first ``k`` rows of every (shape, role): what ``--passes k`` would have
+    measured (passes run one after another, so a shape's i-th row belongs to pass i)."""
+    import pandas as pd
+
+    from amoeba_search.profiling.lut import LatencyTable
+
+    raw = pd.read_csv(table.path, dtype=str, keep_default_na=False)  # as LatencyTable.load reads it
+    return LatencyTable(raw[raw.groupby(["shape", "role"]).cumcount() < k], path=table.path)
+
+
+def accuracy_by_passes(table, holdout, shapes) -> dict:
+    """Ratio accuracy on the held-out shapes when table and held-out truth use only their first k passes,
+    k = 1 .. the passes measured: how much of the remaining error is measurement noise that more passes
+    average away."""
+    import numpy as np
+
+    passes = int(min(table.rows.groupby(["shape", "role"]).size().min(),
+                     holdout.rows.groupby(["shape", "role"]).size().min()))
+    out = {}
+    for k in range(1, passes + 1):
+        sub_table, sub_holdout = first_passes(table, k), first_passes(holdout, k)
+        spread = [(g.max() - g.min()) / g.median() for _, g in sub_holdout.rows.groupby("shape")["decode_ratio"]]
+        out[f"passes_{k}"] = {"ratio": ratio_accuracy(sub_table, truths(sub_holdout, shapes)),
+                              # median over held-out shapes of (max - min) / median of their ratios
+                              "holdout_decode_ratio_spread_across_passes":
+                                  round(float(np.median(spread)), 4) if k > 1 else None}
+        for metric in ("decode", "prefill"):
+            out[f"passes_{k}"]["ratio"][metric].pop("by_method")
+    return out
+
+
 def absolute_accuracy(table, truth, reference_ms: dict | None = None) -> dict:
     """Predicted latency (ms) against the measured one for decode, prefill and e2e; with ``reference_ms``
     ({"decode": ms, "prefill": ms} of the reference measured now) the prediction is ratio x reference."""
@@ -332,8 +365,8 @@ def absolute_accuracy(table, truth, reference_ms: dict | None = None) -> dict:
 
 
 def measure_reference_now(common: dict, flow, shape) -> dict:
-    """The reference shape measured once more (a fresh load, no interleaving), as a user would before trusting
-    ratio x reference; the row goes to a temporary table."""
+    """The reference shape measured once more (in ``passes`` fresh loads, no interleaving; the median of the
+    loads), as a user would before trusting ratio x reference; the rows go to a temporary table."""
     from amoeba_search.profiling.design import PlannedShape
     from amoeba_search.profiling.lut import LatencyTable
     from amoeba_search.profiling.profiler import ProfileRequest
@@ -342,10 +375,12 @@ def measure_reference_now(common: dict, flow, shape) -> dict:
         out = Path(tmp) / "reference.csv"
         measure(ProfileRequest(**{**common, "resume": False}, out=out, plan=[PlannedShape(shape, "extra")],
                                reference=None), flow, "reference now")
-        row = LatencyTable.load(out).rows.iloc[0]
-    return {"shape": str(shape), "decode": float(row["decode_ms_median"]), "prefill": float(row["prefill_ms_median"]),
-            "elapsed_s": round(float(row["elapsed_s"]), 1), "timestamp": row["timestamp"],
-            "other_load": None if pd_isna(row["other_load"]) else float(row["other_load"])}
+        rows = LatencyTable.load(out).rows
+    return {"shape": str(shape), "loads": len(rows), "decode": float(rows["decode_ms_median"].median()),
+            "prefill": float(rows["prefill_ms_median"].median()),
+            "decode_per_load": [round(float(v), 3) for v in rows["decode_ms_median"]],
+            "elapsed_s": round(float(rows["elapsed_s"].sum()), 1), "timestamp": rows["timestamp"].iloc[-1],
+            "other_load": _max(rows["other_load"])}
 
 
 def pd_isna(value) -> bool:
@@ -506,6 +541,7 @@ def drift_flow(name, args, spec, machine, source, csv_dir: Path, ks):
                      "contention_policy": {"max_other_load": args.max_other_load, "max_attempts": args.max_attempts,
                                            "wait_idle_s": args.wait_idle}},
         "ratio_accuracy_on_holdout": ratio,
+        "ratio_accuracy_by_passes": accuracy_by_passes(table, holdout, truth.index) if args.passes > 1 else None,
         "absolute_accuracy_on_holdout_ratio_x_reference_now": absolute,
         "absolute_accuracy_on_holdout_table_ms": plain,
         "reference_now": fresh, "reference_decode_drift": ref_then,

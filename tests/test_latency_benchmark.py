@@ -85,6 +85,20 @@ def test_smoke_run_scores_ratios_transfers_and_resumes(env, capsys):
     assert bench().main(argv) == 0
     assert len(table.read_text().splitlines()) == rows
     assert "fake-p16-c20-t1 on" in capsys.readouterr().out
+    assert fake["ratio_accuracy_by_passes"] is None and fake["reference_now"]["loads"] == 1
+    # --passes 2 resumes with a second row per shape, and scores the first pass alone beside both
+    assert bench().main([*argv, "--passes", "2"]) == 0
+    assert len(table.read_text().splitlines()) == 2 * rows - 1
+    twice = json.loads((out / "latency.json").read_text())["drift_cancelled"]["flows"]["fake-p16-c20-t1"]
+    assert twice["reference_now"]["loads"] == 2 and len(twice["reference_now"]["decode_per_load"]) == 2
+    by_passes = twice["ratio_accuracy_by_passes"]
+    assert set(by_passes) == {"passes_1", "passes_2"}
+    assert all(v["ratio"]["decode"]["within_10pct"] == 1.0 for v in by_passes.values())
+    assert by_passes["passes_2"]["holdout_decode_ratio_spread_across_passes"] is not None
+    assert by_passes["passes_1"]["holdout_decode_ratio_spread_across_passes"] is None
+    from amoeba_search.profiling.lut import LatencyTable
+
+    assert len(bench().first_passes(LatencyTable.load(table), 1)) == rows - 1
 
 
 def test_smoke_never_writes_into_the_results_folder(capsys):
