@@ -324,30 +324,24 @@ def ratio_accuracy(table, truth) -> dict:
 def first_passes(table, k: int):
     """The table restricted to the first ``k`` rows of every (shape, role): what ``--passes k`` would have
     measured (passes run one after another, so a shape's i-th row belongs to pass i)."""
-    import pandas as pd
-
     from amoeba_search.profiling.lut import LatencyTable
 
-    raw = pd.read_csv(table.path, dtype=str, keep_default_na=False)  # as LatencyTable.load reads it
-    return LatencyTable(raw[raw.groupby(["shape", "role"]).cumcount() < k], path=table.path)
+    rows = table.rows
+    return LatencyTable(rows[rows.groupby(["shape", "role"]).cumcount() < k], path=table.path, stat=table.stat)
 
 
 def accuracy_by_passes(table, holdout, shapes) -> dict:
     """Ratio accuracy on the held-out shapes when table and held-out truth use only their first k passes,
     k = 1 .. the passes measured: how much of the remaining error is measurement noise that more passes
     average away."""
-    import numpy as np
-
     passes = int(min(table.rows.groupby(["shape", "role"]).size().min(),
                      holdout.rows.groupby(["shape", "role"]).size().min()))
     out = {}
     for k in range(1, passes + 1):
         sub_table, sub_holdout = first_passes(table, k), first_passes(holdout, k)
-        spread = [(g.max() - g.min()) / g.median() for _, g in sub_holdout.rows.groupby("shape")["decode_ratio"]]
+        spread = sub_holdout.ratio_spread_across_passes()
         out[f"passes_{k}"] = {"ratio": ratio_accuracy(sub_table, truths(sub_holdout, shapes)),
-                              # median over held-out shapes of (max - min) / median of their ratios
-                              "holdout_decode_ratio_spread_across_passes":
-                                  round(float(np.median(spread)), 4) if k > 1 else None}
+                              "holdout_decode_ratio_spread_across_passes": None if spread is None else round(spread, 4)}
         for metric in ("decode", "prefill"):
             out[f"passes_{k}"]["ratio"][metric].pop("by_method")
     return out

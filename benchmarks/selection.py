@@ -107,6 +107,15 @@ def heldout_ppl(supernet, sets, batch_size):
     return {name: round(perplexity(supernet, blocks, batch_size=batch_size).ppl, 4) for name, blocks in sets.items()}
 
 
+def heldout_ppl_at(supernet, shapes, sets, batch_size) -> dict:
+    """``heldout_ppl`` at each shape (in the supernet's current order), by shape string."""
+    out = {}
+    for shape in shapes:
+        supernet.set_active(shape)
+        out[str(shape)] = heldout_ppl(supernet, sets, batch_size)
+    return out
+
+
 def _relative(path: Path) -> Path:
     try:
         return path.resolve().relative_to(ROOT)
@@ -224,15 +233,13 @@ def main(argv=None) -> int:
     results["width"] = {str(s): {} for s in shapes}
     for method in WIDTH_METHODS:
         supernet.set_order(ffn_orders=orders[method][0], head_orders=orders[method][1])
-        for shape in shapes:
-            supernet.set_active(shape)
-            results["width"][str(shape)][method] = heldout_ppl(supernet, sets, args.batch_size)
+        for shape, ppl in heldout_ppl_at(supernet, shapes, sets, args.batch_size).items():
+            results["width"][shape][method] = ppl
         if method == "flap":
             supernet.set_channel_means(channel_means(stats))  # FLAP's bias at every reduced width
             try:
-                for shape in shapes:
-                    supernet.set_active(shape)
-                    results["width"][str(shape)]["flap+bias"] = heldout_ppl(supernet, sets, args.batch_size)
+                for shape, ppl in heldout_ppl_at(supernet, shapes, sets, args.batch_size).items():
+                    results["width"][shape]["flap+bias"] = ppl
             finally:
                 supernet.set_channel_means(None)
         log(f"width {method}: " + ", ".join(f"{s} {results['width'][str(s)][method][next(iter(sets))]:.2f}"
@@ -427,9 +434,9 @@ def run_taylor(supernet, tok, args, results) -> None:
     sets = heldout_sets(args, tok)
     ffn_orders, head_orders = orders_from_scores(*taylor_scores(supernet, metric.batches()), supernet.dims)
     supernet.set_order(ffn_orders=ffn_orders, head_orders=head_orders)
-    for shape, row in results["width"].items():
-        supernet.set_active(SubnetShape.parse(shape))
-        row["taylor"] = heldout_ppl(supernet, sets, args.batch_size)
+    shapes = [SubnetShape.parse(shape) for shape in results["width"]]
+    for shape, ppl in heldout_ppl_at(supernet, shapes, sets, args.batch_size).items():
+        results["width"][shape]["taylor"] = ppl
     supernet.set_active(supernet.full_shape())
     first = next(iter(sets))
     log("width taylor: " + ", ".join(f"{s} {row['taylor'][first]:.2f}" for s, row in results["width"].items()))

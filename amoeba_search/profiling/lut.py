@@ -227,10 +227,16 @@ class LatencyTable:
             per_load = np.array([np.median(v[i]) for v in loads.values()])
             spread = (per_load.max() - per_load.min()) / np.median(per_load)
             out[f"reference_{metric}_spread_across_loads"] = float(spread)
-        ratios = self.rows.groupby("shape")["decode_ratio"]
-        spread = [(g.max() - g.min()) / g.median() for _, g in ratios if len(g) >= 2]
-        out["decode_ratio_spread_across_passes"] = float(np.median(spread)) if spread else None
+        out["decode_ratio_spread_across_passes"] = self.ratio_spread_across_passes()
         return out
+
+    def ratio_spread_across_passes(self) -> float | None:
+        """Over the shapes measured in more than one pass: the median of each shape's relative decode-ratio
+        spread ((max - min) / median); None without ratios or without a shape measured twice."""
+        if not self.has_ratios:
+            return None
+        spread = [(g.max() - g.min()) / g.median() for _, g in self.rows.groupby("shape")["decode_ratio"] if len(g) >= 2]
+        return float(np.median(spread)) if spread else None
 
     def predict_detail(self, shape: SubnetShape | str, *, metric: str = "decode", method: str | None = None) -> dict:
         base = "decode" if metric == "e2e" else metric
