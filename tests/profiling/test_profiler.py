@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -130,6 +132,19 @@ def test_contention_probe_reads_proc_stat():
     sum(i * i for i in range(200_000))  # our own work is not counted as other load
     load = other_load(start, cpu_snapshot())
     assert load is None or load >= 0.0
+
+
+def test_contention_probe_counts_our_children_as_ours():
+    """A flow's build step in a subprocess (the ORT builder) is our work, not another process's load."""
+    from amoeba_search.profiling.machine import cpu_snapshot
+
+    start = cpu_snapshot()
+    if start is None:
+        pytest.skip("no /proc/stat here")
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\nprint(time.process_time())"
+    child_cpu = float(subprocess.run([sys.executable, "-c", burn], capture_output=True, text=True,
+                                     check=True).stdout)
+    assert cpu_snapshot()[2] - start[2] >= 0.9 * child_cpu
 
 
 def test_passes_measure_each_shape_again_and_resume_counts_rows(source, tmp_path):
