@@ -7,7 +7,8 @@ For each section both dtypes run back to back (fp32, then bf16), so machine drif
 - ``eval``: perplexity tokens per second on held-out wiki (full model);
 - ``ppl``: held-out wiki perplexity at the five fine-tuning shapes (beam-4 strategy, bias compensation);
 - ``finetune``: ``--ft-steps`` SMoL fine-tuning steps (bf16: autocast, adapter and optimizer in fp32): median
-  step time and the loss over the last steps.
+  step time and the loss over the last steps;
+- ``finetune_profile``: one profiled fine-tuning step per dtype, its time split into matrix products and the rest.
 
 Targets (issue 16): DP evaluations/s and fine-tuning step time >= 2.5x faster in bf16; perplexity within 1%.
 On a CPU without bf16 instructions (AVX512-BF16, AMX) torch emulates bf16, and the file says so: the machine's
@@ -50,6 +51,10 @@ SHAPES = ("d30-f1-h1", "d26-f0.875-h1", "d22-f0.75-h0.667", "d18-f0.625-h0.667",
 COMPARED_DEPTHS = (24, 20, 16)
 ISA = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "avx512_fp16", "bf16")
 STRATEGY = ROOT / "profiles" / "smollm2-135m" / "strategy-beam4.json"
+# the matrix products: the work bf16 instructions speed up (attention is not among them: it runs in fp32 where
+# autograd takes its backward, see models/supernet)
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm")
+PROFILED = 2  # fine-tuning steps profiled per dtype
 
 
 def machine() -> dict:
@@ -113,19 +118,23 @@ def section_ppl(args) -> dict:
     return out
 
 
+def finetune_trainer(args, dtype, steps: int, run: str) -> Trainer:
+    """The fine-tuning run of the ``finetune`` sections: the beam-4 supernet in ``dtype``, an fp32 adapter."""
+    loaded = open_supernet("smollm2-135m", STRATEGY, dtype=dtype)
+    space = loaded.space()
+    rank = default_rank(loaded.supernet.dims)
+    adapter = SMoLAdapter(loaded.supernet, SMoLConfig(rank=rank, alpha=2.0 * rank), seed=0,
+                          center_on=loaded.routes(space), dtype=torch.float32)
+    data = load_training_data("wiki", loaded.tokenizer, seq_len=args.ft_seq_len)
+    config = TrainConfig(steps=steps, batch_size=args.ft_batch, lr=5e-4, warmup_steps=10, checkpoint_every=steps)
+    return Trainer(loaded, adapter, data, config, run, space)
+
+
 def section_finetune(args) -> dict:
     out = {}
     for dtype in DTYPES:
-        loaded = open_supernet("smollm2-135m", STRATEGY, dtype=dtype)
-        space = loaded.space()
-        rank = default_rank(loaded.supernet.dims)
-        adapter = SMoLAdapter(loaded.supernet, SMoLConfig(rank=rank, alpha=2.0 * rank), seed=0,
-                              center_on=loaded.routes(space), dtype=torch.float32)
-        data = load_training_data("wiki", loaded.tokenizer, seq_len=args.ft_seq_len)
-        config = TrainConfig(steps=args.ft_steps, batch_size=args.ft_batch, lr=5e-4, warmup_steps=10,
-                             checkpoint_every=args.ft_steps)
         with tempfile.TemporaryDirectory() as run:
-            Trainer(loaded, adapter, data, config, run, space).run()
+            finetune_trainer(args, dtype, args.ft_steps, run).run()
             rows = read_log(run)
         times = [b["elapsed_s"] - a["elapsed_s"] for a, b in zip(rows, rows[1:])]
         last = rows[-5:]
@@ -140,7 +149,38 @@ def section_finetune(args) -> dict:
     return out
 
 
-SECTIONS = {"dp": section_dp, "eval": section_eval, "ppl": section_ppl, "finetune": section_finetune}
+def section_finetune_profile(args) -> dict:
+    """Where a fine-tuning step's time goes, per dtype: torch.profiler's self CPU time of steps 3 and 4 (two
+    warm-up steps) per step, split into matrix products (MATMUL_OPS) and everything else, with the largest other ops."""
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    out = {}
+    for dtype in DTYPES:
+        with tempfile.TemporaryDirectory() as run, profile(activities=[ProfilerActivity.CPU],
+                                                           schedule=schedule(wait=1, warmup=1, active=PROFILED)) as prof:
+            finetune_trainer(args, dtype, 2 + PROFILED, run).run(on_step=lambda row: prof.step())
+        # the step's own annotation holds, as self time, the Python time between the ops
+        ops = {"python between ops" if e.key.startswith("ProfilerStep") else e.key: e.self_cpu_time_total / 1e6 / PROFILED
+               for e in prof.key_averages()}
+        matmul = sum(t for k, t in ops.items() if k in MATMUL_OPS)
+        total = sum(ops.values())
+        others = sorted(((k, t) for k, t in ops.items() if k not in MATMUL_OPS), key=lambda kv: -kv[1])
+        out[dtype_name(dtype)] = {"step_s": round(total, 3), "matmul_s": round(matmul, 3),
+                                  "other_s": round(total - matmul, 3),
+                                  "largest_other_ops_s": {k: round(t, 3) for k, t in others[:8]}}
+        print(f"finetune profile {dtype_name(dtype)}: {total:.2f} s, matmuls {matmul:.2f} s", flush=True)
+    fp32, bf16 = out["fp32"], out["bf16"]
+    out["matmul_speedup"] = fp32["matmul_s"] / bf16["matmul_s"]
+    out["other_speedup"] = fp32["other_s"] / bf16["other_s"]
+    out["step_speedup"] = fp32["step_s"] / bf16["step_s"]
+    # bf16 step time that 2.5x needs, and the non-matmul time left for it once bf16's matmuls are paid
+    out["bf16_step_s_for_2.5x"] = fp32["step_s"] / 2.5
+    out["other_s_allowed_for_2.5x"] = fp32["step_s"] / 2.5 - bf16["matmul_s"]
+    return out
+
+
+SECTIONS = {"dp": section_dp, "eval": section_eval, "ppl": section_ppl, "finetune": section_finetune,
+            "finetune_profile": section_finetune_profile}
 
 
 def main() -> int:
