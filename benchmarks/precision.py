@@ -159,9 +159,10 @@ def section_finetune_profile(args) -> dict:
         with tempfile.TemporaryDirectory() as run, profile(activities=[ProfilerActivity.CPU],
                                                            schedule=schedule(wait=1, warmup=1, active=PROFILED)) as prof:
             finetune_trainer(args, dtype, 2 + PROFILED, run).run(on_step=lambda row: prof.step())
-        # the step's own annotation holds, as self time, the Python time between the ops
-        ops = {"python between ops" if e.key.startswith("ProfilerStep") else e.key: e.self_cpu_time_total / 1e6 / PROFILED
-               for e in prof.key_averages()}
+        ops = {}
+        for e in prof.key_averages():  # each step's annotation (ProfilerStep#N) holds the Python time between ops
+            name = "python between ops" if e.key.startswith("ProfilerStep") else e.key
+            ops[name] = ops.get(name, 0.0) + e.self_cpu_time_total / 1e6 / PROFILED
         matmul = sum(t for k, t in ops.items() if k in MATMUL_OPS)
         total = sum(ops.values())
         others = sorted(((k, t) for k, t in ops.items() if k not in MATMUL_OPS), key=lambda kv: -kv[1])
