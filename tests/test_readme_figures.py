@@ -77,6 +77,23 @@ def _cross_flow_row(source: str, label: str):
     return text
 
 
+def _passes_row(flow: str, k: int):
+    """A row of a flow's passes table: ratio scores from the first k passes, and (k > 1) the held-out spread."""
+    def text(d):
+        scores = _drift(d, flow)["ratio_accuracy_by_passes"][f"passes_{k}"]
+        spread = scores["holdout_decode_ratio_spread_across_passes"]
+        return (f"| {k} | " + " | ".join(_score(scores["ratio"][m]) for m in ("decode", "prefill"))
+                + (" | |" if k == 1 else f" | {100 * spread:.2f}% |"))
+    return text
+
+
+def _profile_row(label: str, part: str):
+    def text(d):
+        f = d["finetune_profile"]
+        return f"| {label} | {f['fp32'][part + '_s']:.2f} s | {f['bf16'][part + '_s']:.2f} s | {f[part + '_speedup']:.2f}x |"
+    return text
+
+
 LATENCY_CLAIMS = [
     ("latency.json", lambda d: f"| ratio to the full model, as the table predicts it | "
                                f"{_score(_drift(d)['ratio_accuracy_on_holdout']['decode'])} | "
@@ -110,11 +127,7 @@ LATENCY_CLAIMS = [
         (f, t) for f, r in d["drift_cancelled"]["flows"].items() for t, met in r["targets_met"].items() if met)
         == [("llamacpp", "ratio_decode"), ("ort", "ratio_decode")] and not any(
         p["target_met_decode_k_le_5"] for p in d["drift_cancelled"]["cross_flow_transfer"].values()) else "other targets"),
-    *[("latency.json", lambda d, k=k: f"| {k} | " + " | ".join(
-        _score(_drift(d, "llamacpp")["ratio_accuracy_by_passes"][f"passes_{k}"]["ratio"][m]) for m in ("decode", "prefill"))
-        + " | " + ("" if k == 1 else "{:.2f}%".format(
-            100 * _drift(d, "llamacpp")["ratio_accuracy_by_passes"][f"passes_{k}"]["holdout_decode_ratio_spread_across_passes"]))
-        + (" |" if k > 1 else "|")) for k in (1, 2, 3)],
+    *[("latency.json", _passes_row("llamacpp", k)) for k in (1, 2, 3)],
     ("latency.json", lambda d: "in three fresh loads ({:.1f}, {:.1f} and {:.1f}".format(
         *_drift(d, "llamacpp")["reference_now"]["decode_per_load"])),
     ("latency.json", lambda d: "(the full model: {:.1f} ms/token median during the table, {:.1f} during the held-out run, "
@@ -130,16 +143,12 @@ LATENCY_CLAIMS = [
         (" ms: predicted ratio × the full model timed now", "absolute_accuracy_on_holdout_ratio_x_reference_now",
          ("decode", "prefill", "e2e")),
         (" ms: the table's own milliseconds", "absolute_accuracy_on_holdout_table_ms", ("decode", "prefill", "e2e")))],
-    ("latency.json", lambda d: "| 1 | " + " | ".join(_score(_drift(d, "ort")["ratio_accuracy_by_passes"]["passes_1"]["ratio"][m])
-                                                  for m in ("decode", "prefill")) + " | |"),
-    ("latency.json", lambda d: "| 2 | " + " | ".join(_score(_drift(d, "ort")["ratio_accuracy_by_passes"]["passes_2"]["ratio"][m])
-                                                  for m in ("decode", "prefill")) + " | {:.2f}% |".format(
-        100 * _drift(d, "ort")["ratio_accuracy_by_passes"]["passes_2"]["holdout_decode_ratio_spread_across_passes"])),
+    *[("latency.json", _passes_row("ort", k)) for k in (1, 2)],
     ("latency.json", lambda d: "Two passes of the table's 38 shapes took {:.0f} s, and two of the 30 held-out shapes "
                                "took {:.0f} s".format(_drift(d, "ort")["cost"]["table_profiling_s"],
                                                       _drift(d, "ort")["cost"]["holdout_profiling_s"])),
-    ("latency.json", lambda d: "(33.6 and 34.3 ms/token in two fresh loads)" if [
-        round(x, 1) for x in _drift(d, "ort")["reference_now"]["decode_per_load"]] == [33.6, 34.3] else "other loads"),
+    ("latency.json", lambda d: "({:.1f} and {:.1f} ms/token in two fresh loads)".format(
+        *_drift(d, "ort")["reference_now"]["decode_per_load"])),
     ("latency.json", lambda d: f"during the table) is {_drift(d, 'ort')['error_over_noise_floor']['noise_floor_decode_pct']}%, "
                                f"and the ratio predictions' decode MAPE is {_drift(d, 'ort')['error_over_noise_floor']['ratio_decode']}"),
     ("latency.json", lambda d: "Transfer from the AMD EPYC ORT table (decode ms, K = 1 / 3 / 5 anchors): " + ", ".join(
@@ -199,15 +208,8 @@ CLAIMS = [
                                  f"{d['eval']['speedup']:.2f}x |"),
     ("precision.json", lambda d: f"{d['finetune']['speedup']:.2f}x the speed"),
     ("precision.json", lambda d: f"at most {100 * d['ppl']['max_abs_relative_difference']:.2f}% apart"),
-    ("precision.json", lambda d: "| matrix products (`aten::mm`, `addmm`, `bmm`) | {:.2f} s | {:.2f} s | {:.2f}x |".format(
-        d["finetune_profile"]["fp32"]["matmul_s"], d["finetune_profile"]["bf16"]["matmul_s"],
-        d["finetune_profile"]["matmul_speedup"])),
-    ("precision.json", lambda d: "| everything else | {:.2f} s | {:.2f} s | {:.2f}x |".format(
-        d["finetune_profile"]["fp32"]["other_s"], d["finetune_profile"]["bf16"]["other_s"],
-        d["finetune_profile"]["other_speedup"])),
-    ("precision.json", lambda d: "| the step | {:.2f} s | {:.2f} s | {:.2f}x |".format(
-        d["finetune_profile"]["fp32"]["step_s"], d["finetune_profile"]["bf16"]["step_s"],
-        d["finetune_profile"]["step_speedup"])),
+    *[("precision.json", _profile_row(label, part)) for label, part in (
+        ("matrix products (`aten::mm`, `addmm`, `bmm`)", "matmul"), ("everything else", "other"), ("the step", "step"))],
     ("precision.json", lambda d: "bf16 step at {:.2f} s, which leaves {:.2f} s for everything outside the matrix "
                                  "products, against {:.2f} s now, while the same work would have to stay at {:.2f} s "
                                  "in fp32".format(d["finetune_profile"]["bf16_step_s_for_2.5x"],
