@@ -68,12 +68,14 @@ def parse_args(argv=None):
     p.add_argument("--table", type=Path, default=None,
                    help="the table to complete and score (default profiles/<model>/<device>/<flow>[-settings].csv)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
-    p.add_argument("--study", choices=("drift-cancelled", "absolute", "cross-flow-committed"), default="drift-cancelled",
+    p.add_argument("--study", choices=("drift-cancelled", "absolute", "cross-flow-committed", "transfer"),
+                   default="drift-cancelled",
                    help="drift-cancelled (default): new interleaved tables of this machine, ratio and absolute "
                         "accuracy, transfer; absolute: complete and score the committed table (the first study); "
                         "cross-flow-committed: no measuring, one committed flow's table transferred to another "
                         "committed flow of the same machine with K anchors, scored on that flow's committed "
-                        "held-out shapes")
+                        "held-out shapes; transfer: no measuring, the transfers of latency.json's drift-cancelled "
+                        "flows scored again from their tables")
     p.add_argument("--reference", default="full", help="drift-cancelled: the reference shape (default full)")
     p.add_argument("--reference-reload", type=int, default=8, help="drift-cancelled: shapes per load of the reference")
     p.add_argument("--table-holdout", type=int, default=12,
@@ -391,15 +393,15 @@ def _plain(value):
 
 def transfer_accuracy(source, here, truth, ks, provenance: dict, reference=None, reference_now_ms=None) -> dict:
     """For each K: this machine's table built from ``source`` (another machine's or flow's table) and K anchor
-    shapes (chosen by the library among the source's shapes; their latencies taken from ``here``, the table
-    measured here), with the library's correction; scored on the held-out ``truth`` (measured ms), and, given
+    shapes (chosen by the library among the shapes of ``here``, the table measured here, which stand in for
+    measuring them; their latencies taken from it), with the library's correction; scored on the held-out ``truth`` (measured ms), and, given
     the ``reference`` shape of drift-cancelled truths, on their decode ratio to it (alone, and times
     ``reference_now_ms``)."""
     from amoeba_search.profiling.lut import LatencyTable
     from amoeba_search.profiling.table_schema import COLUMNS, append_row
-    from amoeba_search.profiling.transfer import TRANSFER_METRICS, choose_anchors, source_latencies, transfer_rows
+    from amoeba_search.profiling.transfer import (TRANSFER_METRICS, choose_anchors, source_costs, source_latencies,
+                                                  transfer_rows)
 
-    there = source_latencies(source, "decode")
     measured_here = {m: source_latencies(here, m) for m in TRANSFER_METRICS}
     out = {}
     if reference is not None:  # anchors as drift-cancelled: each one's ratio x the table's median reference time
@@ -409,12 +411,9 @@ def transfer_accuracy(source, here, truth, ks, provenance: dict, reference=None,
             ratio = rows.groupby("shape")[f"{m}_ratio"].median()
             measured_here[m] = {s: float(ratio[str(s)]) * ref_ms for s in measured_here[m] if str(s) in ratio.index}
         out["anchor_ms"] = "each anchor's measured ratio to the reference x the table's median reference time"
+    candidates = source_costs(source, "decode", shapes=list(measured_here["decode"]))
     for k in ks:
-        anchors = choose_anchors(there, k)
-        missing = [str(s) for s in anchors if s not in measured_here["decode"]]
-        if missing:
-            out[f"k{k}"] = {"skipped": f"anchor shape(s) {', '.join(missing)} are not in the table measured here"}
-            continue
+        anchors = choose_anchors(candidates, k)
         ms = {s: {m: measured_here[m][s] for m in TRANSFER_METRICS} for s in anchors}
         rows, record = transfer_rows(source, ms, key=here.key, provenance=provenance)
         with tempfile.TemporaryDirectory(prefix="latency-transfer-") as tmp:
@@ -501,25 +500,14 @@ def drift_flow(name, args, spec, machine, source, csv_dir: Path, ks):
     # 3. transfer from the committed table of this flow (another machine's), with K anchors from the table here
     committed_path = (args.profiles / COMMITTED_MODEL / spec.name / f"{name}.csv" if args.smoke
                       else args.profiles / model_slug(source.name) / spec.name / f"{name}{suffix}.csv")
-    transfer = {"source_table": _rel(committed_path)}
-    try:
-        committed = LatencyTable.load(committed_path)
-        if not args.smoke:  # the smoke model shares only the shape space with the committed tables' model
-            committed.check_model(source.fingerprint())
-        transfer.update(source_machine=committed.machine, target_machine=table.machine,
-                        **transfer_accuracy(committed, table, truth, ks,
-                                            {"table": _rel(committed_path), "machine": committed.machine},
-                                            reference=reference, reference_now_ms=fresh["decode"]))
-    except LatencyTableError as exc:
-        transfer["skipped"] = str(exc)
-
+    # the smoke model shares only the shape space with the committed tables' model
+    transfer = committed_transfer(committed_path, table, truth, ks, reference, fresh["decode"],
+                                  fingerprint=None if args.smoke else source.fingerprint())
     targets = {"ratio_decode": ratio["decode"]["within_10pct"] >= TARGETS["ratio_within_10pct"],
                "ratio_prefill": ratio["prefill"]["within_10pct"] >= TARGETS["ratio_within_10pct"],
                **{f"absolute_{m}": absolute[m]["within_10pct"] >= TARGETS["absolute_within_10pct"]
                   for m in ("decode", "prefill", "e2e")},
-               **({f"transfer_{m}_k_le_5": _transfer_met(transfer, m)
-                   for m in ("decode", "e2e", "decode_ratio", "decode_ratio_x_reference_now")}
-                  if "skipped" not in transfer else {})}
+               **transfer_targets(transfer)}
     table_s = float(table.rows["elapsed_s"].fillna(0).sum())
     holdout_s = float(holdout.rows[holdout.rows["shape"].isin(truth.index)]["elapsed_s"].fillna(0).sum())
     return name + suffix, {
@@ -560,11 +548,81 @@ def drift_flow(name, args, spec, machine, source, csv_dir: Path, ks):
     }
 
 
+def committed_transfer(committed_path: Path, table, truth, ks, reference, reference_now_ms, *,
+                       fingerprint: str | None) -> dict:
+    """``transfer_accuracy`` from the committed table at ``committed_path`` (another machine's) to ``table``, or
+    why it was skipped."""
+    from amoeba_search.profiling.lut import LatencyTable
+    from amoeba_search.profiling.table_schema import LatencyTableError
+
+    transfer = {"source_table": _rel(committed_path)}
+    try:
+        committed = LatencyTable.load(committed_path)
+        if fingerprint is not None:
+            committed.check_model(fingerprint)
+        transfer.update(source_machine=committed.machine, target_machine=table.machine,
+                        **transfer_accuracy(committed, table, truth, ks,
+                                            {"table": _rel(committed_path), "machine": committed.machine},
+                                            reference=reference, reference_now_ms=reference_now_ms))
+    except LatencyTableError as exc:
+        transfer["skipped"] = str(exc)
+    return transfer
+
+
+def transfer_targets(transfer: dict) -> dict:
+    if "skipped" in transfer:
+        return {}
+    return {f"transfer_{m}_k_le_5": _transfer_met(transfer, m)
+            for m in ("decode", "e2e", "decode_ratio", "decode_ratio_x_reference_now")}
+
+
+def rescore_transfer(args) -> int:
+    """No measuring: score the transfers again from the tables ``latency.json``'s drift-cancelled flows name (each
+    flow's own transfer from its committed table, at the reference time it measured, and the cross-flow pairs),
+    for a change in the transfer method."""
+    from amoeba_search.paths import atomic_write_text
+    from amoeba_search.profiling.lut import LatencyTable
+    from amoeba_search.shapes import SubnetShape
+
+    ks = sorted({int(k) for k in args.anchors.split(",") if k.strip()})
+    results = json.loads(args.results.read_text()) if args.results.exists() else {}
+    section = results.get("drift_cancelled", {})
+    if not section.get("flows"):
+        print(f"{_rel(args.results)} has no drift-cancelled flows to score again; run the drift-cancelled study "
+              f"first", file=sys.stderr)
+        return 2
+    for key, result in section["flows"].items():
+        if "skipped" in result:
+            continue
+        table, holdout = LatencyTable.load(_abs(result["table"])), LatencyTable.load(_abs(result["holdout_table"]))
+        truth = truths(holdout, result["holdout_shapes"])
+        transfer = committed_transfer(_abs(result["transfer_from_committed"]["source_table"]), table, truth, ks,
+                                      SubnetShape.parse(result["reference_shape"]), result["reference_now"]["decode"],
+                                      fingerprint=None if result["settings"].get("smoke")
+                                      else table.rows["model_fingerprint"].iloc[0])
+        result["transfer_from_committed"] = transfer
+        result["targets_met"].update(transfer_targets(transfer))
+        for k in ks:
+            t = transfer.get(f"k{k}", {})
+            if "decode_ratio" in t:
+                print(f"{key}: transfer from {transfer['source_machine']} with K={k} ({', '.join(t['anchors'])}; "
+                      f"decode {t['corrections']['decode']['kind']}): decode ratio {_pct(t['decode_ratio'])}, "
+                      f"decode ms {_pct(t['decode'])}")
+    section["cross_flow_transfer"] = cross_flow(section["flows"], ks)
+    for pair, t in section["cross_flow_transfer"].items():
+        print(_pair_line(pair, t))
+    section["transfer_rescored"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    atomic_write_text(args.results, json.dumps(results, indent=2, default=str) + "\n")
+    print(f"results: {args.results} (key drift_cancelled)")
+    return 0
+
+
 def cross_flow(flows: dict, ks) -> dict:
     """Transfer from one flow's table measured here to another's (e.g. torch -> llamacpp), for every pair of
     flows measured on this same kind of machine with the same prompt and context lengths."""
     from amoeba_search.profiling.lut import LatencyTable
     from amoeba_search.profiling.table_schema import LatencyTableError
+    from amoeba_search.shapes import SubnetShape
 
     done = {n: r for n, r in flows.items() if "skipped" not in r}
     same = ("prompt_len", "context_len", "threads", "smoke")
@@ -580,13 +638,18 @@ def cross_flow(flows: dict, ks) -> dict:
                 out[f"{a}->{b}"] = {"source_table": ra["table"], "target_table": rb["table"],
                                     "holdout_table": rb["holdout_table"], "holdout_shapes": len(truth),
                                     "machine": here.machine, "source_machine": source.machine,
-                                    "target_own_table": absolute_accuracy(here, truth),  # measuring every design shape
+                                    # measuring every design shape
+                                    "target_own_table": absolute_accuracy(here, truth),
+                                    "target_own_table_ratio": ratio_accuracy(here, truth)["decode"],
                                     **transfer_accuracy(source, here, truth, ks,
-                                                        {"table": ra["table"], "machine": source.machine})}
+                                                        {"table": ra["table"], "machine": source.machine},
+                                                        reference=SubnetShape.parse(rb["reference_shape"]),
+                                                        reference_now_ms=rb["reference_now"]["decode"])}
             except (LatencyTableError, OSError) as exc:
                 out[f"{a}->{b}"] = {"skipped": str(exc)}
             if "skipped" not in out[f"{a}->{b}"]:
                 out[f"{a}->{b}"]["target_met_decode_k_le_5"] = _transfer_met(out[f"{a}->{b}"])
+                out[f"{a}->{b}"]["target_met_decode_ratio_k_le_5"] = _transfer_met(out[f"{a}->{b}"], "decode_ratio")
     return out
 
 
@@ -598,9 +661,15 @@ def _pair_line(pair: str, t: dict) -> str:
     """One line of a flow-to-flow transfer: its decode score per K, and the target flow's own table's."""
     if "skipped" in t:
         return f"{pair}: skipped: {t['skipped']}"
-    own = f"; {pair.split('->')[1]}'s own table: {_pct(t['target_own_table']['decode'])}"
-    return f"{pair}: " + ", ".join(f"K={k[1:]} decode {_pct(v['decode'])}" for k, v in t.items()
+    target = pair.split('->')[1]
+    own = f"; {target}'s own table: {_pct(t['target_own_table']['decode'])}"
+    line = f"{pair}: " + ", ".join(f"K={k[1:]} decode {_pct(v['decode'])}" for k, v in t.items()
                                    if k.startswith("k") and "decode" in v) + own
+    if "target_own_table_ratio" in t:
+        line += ("\n  decode ratio: " + ", ".join(f"K={k[1:]} {_pct(v['decode_ratio'])}" for k, v in t.items()
+                                                 if k.startswith("k") and "decode_ratio" in v)
+                 + f"; {target}'s own table: {_pct(t['target_own_table_ratio'])}")
+    return line
 
 
 def drift_main(args) -> int:
@@ -720,6 +789,8 @@ def main(argv=None) -> int:
         return drift_main(args)
     if args.study == "cross-flow-committed":
         return cross_flow_committed(args)
+    if args.study == "transfer":
+        return rescore_transfer(args)
     from transformers.utils import logging as hf_logging
 
     from amoeba_search.paths import atomic_write_text

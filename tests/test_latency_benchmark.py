@@ -81,6 +81,14 @@ def test_smoke_run_scores_ratios_transfers_and_resumes(env, capsys):
     assert pair["k1"]["decode"]["max_ape_pct"] < 0.5 and pair["target_met_decode_k_le_5"]
     table = out / "latency-{}-fake-p16-c20-t1-interleaved.csv".format(fake["machine"]["slug"])
     rows = len(table.read_text().splitlines())
+    assert pair["k1"]["decode_ratio"]["max_ape_pct"] < 0.5 and pair["target_met_decode_ratio_k_le_5"]
+    assert pair["target_own_table_ratio"]["within_10pct"] == 1.0
+    # --study transfer scores the same transfers again from the tables, measuring nothing
+    assert bench().main(["--study", "transfer", "--results", str(out / "latency.json")]) == 0
+    again = json.loads((out / "latency.json").read_text())["drift_cancelled"]
+    assert again["flows"]["fake-p16-c20-t1"]["transfer_from_committed"] == fake["transfer_from_committed"]
+    assert again["cross_flow_transfer"] == section["cross_flow_transfer"] and again["transfer_rescored"]
+    assert len(table.read_text().splitlines()) == rows
     # a second run resumes the tables: nothing is measured again
     assert bench().main(argv) == 0
     assert len(table.read_text().splitlines()) == rows

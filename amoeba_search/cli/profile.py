@@ -65,11 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "measured here; takes dtype, batch, prompt and context length (and --flow, unless given) "
                         "from TABLE")
     p.add_argument("--anchors", type=positive_int, default=3, metavar="K",
-                   help="with --transfer: anchor shapes to measure here, spread over TABLE's latencies (1-5, default 3;"
-                        " 1 fits a pure scale)")
-    p.add_argument("--correction", choices=("auto", "scale", "affine", "loglinear"), default="auto",
+                   help="with --transfer: anchor shapes to measure here, chosen among TABLE's shapes so that their "
+                        "fixed, attention and FFN costs differ (1-5, default 3; 1 fits a pure scale, 4-5 let the "
+                        "correction price those parts separately)")
+    p.add_argument("--correction", choices=("auto", "scale", "affine", "loglinear", "grouped"), default="auto",
                    help="with --transfer: the correction from TABLE's latency to this machine's (default auto: "
-                        "scale for 1 anchor, affine for more)")
+                        "scale for 1 anchor, affine for 2-3, for 4-5 affine or grouped, whichever predicts each "
+                        "anchor better from the others; grouped: one factor each for the fixed, attention and FFN "
+                        "parts)")
     p.add_argument("--holdout", type=non_negative_int, default=12, help="random held-out shapes that score the predictor")
     p.add_argument("--shapes", default=None, help="measure exactly these shapes (comma-separated, e.g. d20-f0.75-h1)")
     p.add_argument("--seed", type=int, default=0)
@@ -205,10 +208,10 @@ def _run(args) -> int:
                                decode_tokens=args.context_len - args.prompt_len, repeats=args.repeats, threads=threads)
     plan = None
     if source_table is not None:
-        from amoeba_search.profiling.transfer import choose_anchors, source_latencies
+        from amoeba_search.profiling.transfer import choose_anchors, source_costs
 
         source_table.check_model(source.fingerprint())
-        plan = [PlannedShape(s, "extra") for s in choose_anchors(source_latencies(source_table), args.anchors)]
+        plan = [PlannedShape(s, "extra") for s in choose_anchors(source_costs(source_table), args.anchors)]
     if args.shapes:
         plan = [PlannedShape(SubnetShape.parse(s), "extra") for s in args.shapes.split(",") if s.strip()]
         for p in plan:

@@ -60,6 +60,15 @@ class LatencyFit:
         b = sum(w * self.slopes[c] for w, c in zip(weights, corners))
         return a, b
 
+    def cost_split(self, depth: int, f: float, h: float) -> np.ndarray:
+        """The linear model's prediction in three parts that machines price differently: the fixed part (embedding,
+        head, per-token overhead), ``depth`` x the attention-side per-layer part (``a + g*h``) and ``depth`` x the
+        FFN-side one (``b*f + k*f*h``); they sum to :meth:`predict`."""
+        if self.method != "linear":
+            raise LatencyTableError(f"only the linear model splits its cost into parts, not {self.method!r}")
+        c, a, b, g, k = self.coef
+        return np.array([c, depth * (a + g * h), depth * f * (b + k * h)], dtype=float)
+
     def predict(self, depth: int, f: float, h: float) -> float:
         if self.method == "linear":
             c, a, b, g, k = self.coef

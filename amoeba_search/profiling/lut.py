@@ -181,6 +181,16 @@ class LatencyTable:
         return self._fit(metric, method or self.chosen_method(metric)).predict(shape.depth, shape.ffn_ratio,
                                                                                 shape.heads_ratio)
 
+    def cost_split(self, shape: SubnetShape | str, *, metric: str = "decode") -> np.ndarray:
+        """The table's linear latency model for ``shape`` in ms, split into its fixed, attention-side and FFN-side
+        parts (:meth:`LatencyFit.cost_split`); ``decode`` or ``prefill``."""
+        shape = SubnetShape.parse(shape) if isinstance(shape, str) else shape
+        try:
+            fit = self._fit(metric, "linear")
+        except LatencyTableError as exc:
+            raise LatencyTableError(f"{self.path or 'table'} cannot split latency into parts: {exc}") from None
+        return fit.cost_split(shape.depth, shape.ffn_ratio, shape.heads_ratio)
+
     def predict_relative(self, shape: SubnetShape | str, *, metric: str = "decode", method: str | None = None) -> float:
         """Predicted latency of ``shape`` over the reference shape's (:attr:`reference_shape`), both measured in
         the same time window: the same latency models fit on the ratio columns. ``decode`` or ``prefill``."""

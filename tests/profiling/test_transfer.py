@@ -6,8 +6,8 @@ import pytest
 
 from amoeba_search.profiling.lut import LatencyTable
 from amoeba_search.profiling.table_schema import KEY_COLUMNS, append_row, eval_path
-from amoeba_search.profiling.transfer import (Correction, choose_anchors, fit_correction, source_latencies,
-                                              transfer_rows)
+from amoeba_search.profiling.transfer import (Correction, choose_anchors, fit_correction, source_costs,
+                                              source_latencies, transfer_rows)
 from amoeba_search.shapes import SubnetShape
 from tests.conftest import tiny_config
 from tests.profiling.fakes import FakeFlow, additive_latency, table_row
@@ -127,10 +127,62 @@ def test_corrections():
         fit_correction(x, x, kind="cubic")
 
 
-def test_anchors_must_be_source_shapes(tmp_path):
+def test_an_anchor_outside_the_source_table_is_predicted_by_its_model(tmp_path):
+    """Depth 4 is not among machine A's rows (depths 3 and 6); A's linear model prices it."""
     source = machine_a(tmp_path)
-    with pytest.raises(ValueError, match="not in the source table"):
-        transfer_rows(source, {SubnetShape(4, 1.0, 1.0): {"decode": 1.0, "prefill": 1.0}}, key=b_key())
+    shape = SubnetShape(4, 1.0, 1.0)
+    pre, dec = additive_latency(4, 1.0, 1.0)
+    rows, record = transfer_rows(source, {shape: {"decode": 2 * dec, "prefill": 2 * pre}}, key=b_key())
+    assert record["corrections"]["decode"]["coef"] == [pytest.approx(2.0)] and len(rows) == 18
+    assert rows[0]["decode_ms_median"] == pytest.approx(2 * additive_latency(3, 0.5, 0.333)[1])
+
+
+def split_distortion(weights):
+    """Machine B prices A's fixed, attention and FFN parts differently (no affine map of A's latency)."""
+    return {m: (lambda split: float(np.dot(split, weights[m]))) for m in ("decode", "prefill")}
+
+
+def test_grouped_correction_prices_the_parts_separately(tmp_path):
+    source = machine_a(tmp_path)
+    weights = {"decode": (1.0, 2.5, 0.4), "prefill": (1.2, 0.9, 0.4)}  # e.g. matrix units that speed up the FFN
+    costs = {m: source_costs(source, m) for m in ("decode", "prefill")}
+    full = SubnetShape(6, 1.0, 1.0)
+    assert costs["decode"][full].sum() == pytest.approx(source.predict(full, method="linear"), rel=1e-12)
+    anchors = choose_anchors(costs["decode"], 5)
+    assert anchors[0] == SubnetShape(6, 1.0, 1.0)  # the slowest first
+    assert np.linalg.matrix_rank(np.array([costs["decode"][s] for s in anchors[:3]])) == 3  # the parts apart
+    measured = {s: {m: float(np.dot(costs[m][s], weights[m])) for m in costs} for s in anchors}
+    rows, record = transfer_rows(source, measured, key=b_key())
+    for m in ("decode", "prefill"):
+        assert record["corrections"][m]["kind"] == "grouped"  # auto: it predicts each left-out anchor exactly
+        assert record["corrections"][m]["coef"] == pytest.approx(list(weights[m]), rel=1e-9)
+    for row in rows:
+        truth = float(np.dot(costs["decode"][SubnetShape.parse(row["shape"])], weights["decode"]))
+        assert row["decode_ms_median"] == pytest.approx(truth, rel=1e-9)
+    # the best affine map of A's latency misses B by more than 10% somewhere
+    affine = fit_correction([costs["decode"][s] for s in anchors], [measured[s]["decode"] for s in anchors],
+                            kind="affine")
+    split = np.array(list(costs["decode"].values()))
+    truth = split @ np.array(weights["decode"])
+    assert np.abs(affine.apply(split) / truth - 1).max() > 0.1
+    # three anchors: auto stays affine (a grouped fit would pass through every anchor, untested)
+    assert fit_correction([costs["decode"][s] for s in anchors[:3]],
+                          [measured[s]["decode"] for s in anchors[:3]]).kind == "affine"
+
+
+def test_grouped_correction_needs_cost_splits_and_three_distinct_anchors(tmp_path):
+    source = machine_a(tmp_path)
+    one_depth = LatencyTable(source.rows[source.rows["depth"] == 6])
+    with pytest.raises(ValueError, match="cannot split latency into parts: the linear model needs at least two depths"):
+        source_costs(one_depth)
+    with pytest.raises(ValueError, match="cost split"):
+        fit_correction([1.0, 2.0, 3.0], [1.0, 2.0, 3.0], kind="grouped")
+    with pytest.raises(ValueError, match="cost splits"):
+        Correction("grouped", (1.0, 1.0, 1.0)).apply([2.0])
+    same_width = [source.cost_split(SubnetShape(d, 1.0, 1.0)) for d in (3, 4, 6)]  # attention : FFN fixed
+    with pytest.raises(ValueError, match="at least 3 anchors that differ in depth and width"):
+        fit_correction(same_width, [1.0, 2.0, 3.0], kind="grouped")
+    assert Correction("grouped", (1.0, 2.0, 3.0)).apply([[1.0, 1.0, 1.0]]) == pytest.approx([6.0])
 
 
 def test_cli_transfers_a_table_to_another_flow(env, monkeypatch, capsys):
@@ -153,9 +205,10 @@ def test_cli_transfers_a_table_to_another_flow(env, monkeypatch, capsys):
     assert (table.rows["role"] == "extra").sum() == 1 and (table.rows["role"] == "transferred").any()
     anchor = table.rows.loc[table.rows["role"] == "extra"].iloc[0]
     assert anchor["reference_shape"] == "d6-f1-h1" and anchor["decode_ratio"] == pytest.approx(1.0)
-    assert table.predict("d4-f0.75-h0.667") == pytest.approx(2 * additive_latency(4, 0.75, 2 / 3)[1], rel=1e-6)
+    # the source's linear model, priced at the shape's heads ratio as named (0.667, not 2/3): within 1e-3
+    assert table.predict("d4-f0.75-h0.667") == pytest.approx(2 * additive_latency(4, 0.75, 2 / 3)[1], rel=1e-3)
     report = json.loads(eval_path(out).read_text())
-    assert report["transfer"]["corrections"]["decode"]["coef"] == [pytest.approx(2.0)]
+    assert report["transfer"]["corrections"]["decode"]["coef"] == [pytest.approx(2.0, rel=1e-3)]  # as above
     assert summary["evaluation"]["transfer"]["anchors"].keys() == {"d6-f1-h1"}
     again = [a for a in common if a != "--json"] + ["--flow", "slowfake", "--transfer", str(source_path),
                                                     "--anchors", "2", "--out", str(out)]
