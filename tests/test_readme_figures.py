@@ -160,6 +160,9 @@ LATENCY_CLAIMS = [
       for pair in ("torch->ort", "llamacpp->ort", "ort->llamacpp", "ort->torch")],
     ("latency.json", lambda d: "(ORT's own table: {})".format(
         _score(d["drift_cancelled"]["cross_flow_transfer"]["torch->ort"]["target_own_table"]["decode"]))),
+    ("latency.json", lambda d: "separately (`grouped`). llama.cpp → torch and OpenVINO → torch stay affine" if [
+        d["drift_cancelled"]["cross_flow_transfer_committed"]["pairs"][f"{f}->torch"]["k5"]["corrections"]["decode"]
+        ["kind"] for f in ("ort", "llamacpp", "openvino")] == ["grouped", "affine", "affine"] else "other corrections"),
     *[("latency.json", _cross_flow_row(f, label))
       for f, label in (("torch", "torch"), ("ort", "ORT"), ("llamacpp", "llama.cpp"), ("openvino", "OpenVINO"))],
 ]
