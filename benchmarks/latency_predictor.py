@@ -328,8 +328,7 @@ def first_passes(table, k: int):
     measured (passes run one after another, so a shape's i-th row belongs to pass i)."""
     from amoeba_search.profiling.lut import LatencyTable
 
-    rows = table.rows
-    return LatencyTable(rows[rows.groupby(["shape", "role"]).cumcount() < k], path=table.path, stat=table.stat)
+    return LatencyTable(table.rows[table.pass_index() < k], path=table.path, stat=table.stat)
 
 
 def accuracy_by_passes(table, holdout, shapes) -> dict:

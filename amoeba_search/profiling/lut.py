@@ -240,6 +240,11 @@ class LatencyTable:
         out["decode_ratio_spread_across_passes"] = self.ratio_spread_across_passes()
         return out
 
+    def pass_index(self) -> pd.Series:
+        """Each row's pass (0, 1, ...), aligned with :attr:`rows`: passes run one after another, so the i-th row of
+        a shape in a role belongs to pass i."""
+        return self.rows.groupby(["shape", "role"]).cumcount()
+
     def ratio_spread_across_passes(self) -> float | None:
         """Over the shapes measured in more than one pass: the median of each shape's relative decode-ratio
         spread ((max - min) / median); None without ratios or without a shape measured twice."""
