@@ -169,12 +169,14 @@ def choose_anchors(costs: dict, k: int = 3) -> list:
         picks = np.unique(np.round(np.linspace(0, len(ranked) - 1, k)).astype(int))
         return [ranked[i] for i in picks]
     shares = {s: np.asarray(costs[s], dtype=float) / total[s] for s in ranked}
+
+    def volume(picks) -> float:
+        stack = np.array([shares[s] for s in picks])
+        return float(np.linalg.slogdet(stack.T @ stack + 1e-9 * np.eye(stack.shape[1]))[1])
+
     chosen = [ranked[-1]]
     while len(chosen) < k:
-        def volume(candidate):
-            stack = np.array([shares[s] for s in chosen + [candidate]])
-            return np.linalg.slogdet(stack.T @ stack + 1e-9 * np.eye(stack.shape[1]))[1]
-        chosen.append(max((s for s in ranked if s not in chosen), key=lambda s: (volume(s), total[s])))
+        chosen.append(max((s for s in ranked if s not in chosen), key=lambda s: (volume(chosen + [s]), total[s])))
     return chosen
 
 

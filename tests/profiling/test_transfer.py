@@ -170,6 +170,15 @@ def test_grouped_correction_prices_the_parts_separately(tmp_path):
                           [measured[s]["decode"] for s in anchors[:3]]).kind == "affine"
 
 
+def test_cli_offers_every_correction_kind():
+    """amoeba-profile keeps its imports lazy, so --correction lists the kinds itself: it must list them all."""
+    from amoeba_search.cli.profile import build_parser
+    from amoeba_search.profiling.transfer import KINDS
+
+    action = next(a for a in build_parser()._actions if a.dest == "correction")
+    assert tuple(action.choices) == KINDS
+
+
 def test_grouped_correction_needs_cost_splits_and_three_distinct_anchors(tmp_path):
     source = machine_a(tmp_path)
     one_depth = LatencyTable(source.rows[source.rows["depth"] == 6])
