@@ -25,10 +25,11 @@ for each flow that runs here:
    reference's spread across loads) and the error relative to it; the measurements vs the full grid and time;
    with ``--passes P`` > 1, the ratio scores again from the first 1 .. P passes of both tables;
 3. transfers the committed table of the same flow (another machine's) to this machine with 1, 3 and 5 anchors
-   (taken from the table measured here) and scores it on the held-out shapes (target 95% within ±10%); and
-   from one flow to another for flows measured here;
-4. merges all of it, with the CPU behind every table and score, under ``"drift_cancelled"`` in
-   ``benchmarks/results/latency.json`` (the rest of the file is kept).
+   (taken from the table measured here) and scores it on the held-out shapes (target 95% within ±10%); from
+   one flow to another for flows measured here; and, for a flow measured drift-cancelled on other machines too
+   (their sections of latency.json), each machine's table to each other's;
+4. merges all of it, with the CPU behind every table and score, under ``"drift_cancelled"."machines"."<machine>"``
+   in ``benchmarks/results/latency.json`` (the rest of the file, other machines' sections included, is kept).
 
     python benchmarks/latency_predictor.py --flows torch,llamacpp
     nice -n 19 python benchmarks/latency_predictor.py --smoke --out-dir /tmp/latency-smoke   # a tiny model, seconds
@@ -585,12 +586,12 @@ def rescore_transfer(args) -> int:
 
     ks = sorted({int(k) for k in args.anchors.split(",") if k.strip()})
     results = json.loads(args.results.read_text()) if args.results.exists() else {}
-    section = results.get("drift_cancelled", {})
-    if not section.get("flows"):
+    machines = results.get("drift_cancelled", {}).get("machines", {})
+    if not any(m.get("flows") for m in machines.values()):
         print(f"{_rel(args.results)} has no drift-cancelled flows to score again; run the drift-cancelled study "
               f"first", file=sys.stderr)
         return 2
-    for key, result in section["flows"].items():
+    for key, result in ((k, r) for m in machines.values() for k, r in m.get("flows", {}).items()):
         if "skipped" in result:
             continue
         table, holdout = LatencyTable.load(_abs(result["table"])), LatencyTable.load(_abs(result["holdout_table"]))
@@ -607,45 +608,59 @@ def rescore_transfer(args) -> int:
                 print(f"{key}: transfer from {transfer['source_machine']} with K={k} ({', '.join(t['anchors'])}; "
                       f"decode {t['corrections']['decode']['kind']}): decode ratio {_pct(t['decode_ratio'])}, "
                       f"decode ms {_pct(t['decode'])}")
-    section["cross_flow_transfer"] = cross_flow(section["flows"], ks)
-    for pair, t in section["cross_flow_transfer"].items():
-        print(_pair_line(pair, t))
-    section["transfer_rescored"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    for slug, here in machines.items():
+        here["cross_flow_transfer"] = cross_flow(here.get("flows", {}), ks)
+        for pair, t in here["cross_flow_transfer"].items():
+            print(f"{slug}: {_pair_line(pair, t)}")
+        here["transfer_rescored"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    for line in other_machine_transfers(machines, ks):
+        print(line)
     atomic_write_text(args.results, json.dumps(results, indent=2, default=str) + "\n")
     print(f"results: {args.results} (key drift_cancelled)")
     return 0
 
 
+SAME_SETTINGS = ("prompt_len", "context_len", "threads", "smoke")  # results whose tables may be compared
+
+
+def transfer_between(src: dict, dst: dict, ks) -> tuple[dict, object, object]:
+    """``transfer_accuracy`` from the table of result ``src`` to that of result ``dst`` (a flow's result in the
+    form ``drift_flow`` writes), scored on ``dst``'s held-out shapes (and, when ``dst`` is drift-cancelled, on
+    their ratios); returns it with ``dst``'s table and held-out truths."""
+    from amoeba_search.profiling.lut import LatencyTable
+    from amoeba_search.shapes import SubnetShape
+
+    source, here = LatencyTable.load(_abs(src["table"])), LatencyTable.load(_abs(dst["table"]))
+    truth = truths(LatencyTable.load(_abs(dst["holdout_table"])), dst["holdout_shapes"])
+    drift = {}
+    if "reference_shape" in dst:
+        drift = {"reference": SubnetShape.parse(dst["reference_shape"]), "reference_now_ms": dst["reference_now"]["decode"]}
+    scores = {"source_table": src["table"], "source_machine": source.machine, "target_machine": here.machine,
+              **transfer_accuracy(source, here, truth, ks, {"table": src["table"], "machine": source.machine}, **drift)}
+    return scores, here, truth
+
+
 def cross_flow(flows: dict, ks) -> dict:
     """Transfer from one flow's table measured here to another's (e.g. torch -> llamacpp), for every pair of
     flows measured on this same kind of machine with the same prompt and context lengths."""
-    from amoeba_search.profiling.lut import LatencyTable
     from amoeba_search.profiling.table_schema import LatencyTableError
-    from amoeba_search.shapes import SubnetShape
 
     done = {n: r for n, r in flows.items() if "skipped" not in r}
-    same = ("prompt_len", "context_len", "threads", "smoke")
     out = {}
     for a, ra in done.items():
         for b, rb in done.items():
             if a == b or ra["machine"]["slug"] != rb["machine"]["slug"] \
-                    or any(ra["settings"].get(k) != rb["settings"].get(k) for k in same):
+                    or any(ra["settings"].get(k) != rb["settings"].get(k) for k in SAME_SETTINGS):
                 continue
             try:
-                source, here = LatencyTable.load(_abs(ra["table"])), LatencyTable.load(_abs(rb["table"]))
-                truth = truths(LatencyTable.load(_abs(rb["holdout_table"])), rb["holdout_shapes"])
-                drift = {}  # a drift-cancelled target is scored on its ratios too
-                if "reference_shape" in rb:
-                    drift = {"reference": SubnetShape.parse(rb["reference_shape"]),
-                             "reference_now_ms": rb["reference_now"]["decode"]}
-                out[f"{a}->{b}"] = {"source_table": ra["table"], "target_table": rb["table"],
-                                    "holdout_table": rb["holdout_table"], "holdout_shapes": len(truth),
-                                    "machine": here.machine, "source_machine": source.machine,
+                scores, here, truth = transfer_between(ra, rb, ks)
+                out[f"{a}->{b}"] = {"target_table": rb["table"], "holdout_table": rb["holdout_table"],
+                                    "holdout_shapes": len(truth), "machine": here.machine,
                                     # measuring every design shape
                                     "target_own_table": absolute_accuracy(here, truth),
-                                    **({"target_own_table_ratio": ratio_accuracy(here, truth)["decode"]} if drift else {}),
-                                    **transfer_accuracy(source, here, truth, ks,
-                                                        {"table": ra["table"], "machine": source.machine}, **drift)}
+                                    **({"target_own_table_ratio": ratio_accuracy(here, truth)["decode"]}
+                                       if "reference_shape" in rb else {}),
+                                    **scores}
             except (LatencyTableError, OSError) as exc:
                 out[f"{a}->{b}"] = {"skipped": str(exc)}
             if "skipped" not in out[f"{a}->{b}"]:
@@ -654,6 +669,32 @@ def cross_flow(flows: dict, ks) -> dict:
                     out[f"{a}->{b}"]["target_met_decode_ratio_k_le_5"] = _transfer_met(out[f"{a}->{b}"],
                                                                                        "decode_ratio")
     return out
+
+
+def other_machine_transfers(machines: dict, ks) -> list[str]:
+    """For each flow measured drift-cancelled on several machines (``machines``: latency.json's sections by
+    machine), every other machine's table transferred to this machine's with K anchors from the table here,
+    scored on this machine's held-out shapes, into the flow's ``transfer_from_other_machines`` (keyed by the
+    source machine) and its ``transfer_other_machine_decode_ratio_k_le_5`` target; returns one line per
+    transfer and K."""
+    lines = []
+    for slug, here in machines.items():
+        for key, result in here.get("flows", {}).items():
+            if "skipped" in result:
+                continue
+            sources = {other: m["flows"][key] for other, m in machines.items() if other != slug
+                       and "skipped" not in m.get("flows", {}).get(key, {"skipped": True})
+                       and all(m["flows"][key]["settings"].get(k) == result["settings"].get(k) for k in SAME_SETTINGS)}
+            if not sources:
+                continue
+            out = {other: transfer_between(src, result, ks)[0] for other, src in sources.items()}
+            lines += [f"{key}: {other} -> {slug} with K={k[1:]} ({t['corrections']['decode']['kind']}): decode ratio "
+                      f"{_pct(t['decode_ratio'])}, decode ms {_pct(t['decode'])}"
+                      for other in out for k, t in out[other].items() if k.startswith("k") and "decode_ratio" in t]
+            result["transfer_from_other_machines"] = out
+            result["targets_met"]["transfer_other_machine_decode_ratio_k_le_5"] = any(
+                _transfer_met(t, "decode_ratio") for t in out.values())
+    return lines
 
 
 def _pct(score: dict) -> str:
@@ -711,15 +752,17 @@ def drift_main(args) -> int:
                  "within ±10% on >= 99% of random held-out shapes (nn-Meter's bar), ratio x the reference measured "
                  "now within ±10% on >= 97%, and another machine's table transferred with <= 5 anchors within "
                  "±10% on >= 95%",
-        "targets": TARGETS, "device": spec.name, "model": source.name, "last_run_machine": machine.summary()})
-    section.setdefault("flows", {})
+        "targets": TARGETS, "device": spec.name, "model": source.name})
+    here = section.setdefault("machines", {}).setdefault(machine_slug(machine), {})
+    here["last_run_machine"] = machine.summary()
+    here.setdefault("flows", {})
     for name in flows:
         key, result = drift_flow(name, args, spec, machine, source, csv_dir, ks)
         if "skipped" in result:
             print(f"{key}: skipped: {result['skipped']}", file=sys.stderr)
-            section["flows"].setdefault(key, result)  # never replace a real result with a skip
+            here["flows"].setdefault(key, result)  # never replace a real result with a skip
         else:
-            section["flows"][key] = result
+            here["flows"][key] = result
             floor = result["error_over_noise_floor"]
             print(f"{key} on {result['machine']['table']}: {result['cost']['table_shapes']} of "
                   f"{result['cost']['full_grid']} shapes measured, {result['cost']['total_profiling_s']:.0f} s profiling "
@@ -745,9 +788,11 @@ def drift_main(args) -> int:
                             f"{_pct(t['decode_ratio_x_reference_now'])}" if "decode_ratio_x_reference_now" in t else "")))
             print(f"  targets met: {result['targets_met']}")
         atomic_write_text(results_path, json.dumps(results, indent=2, default=str) + "\n")
-    section["cross_flow_transfer"] = cross_flow(section["flows"], ks)
-    for pair, t in section["cross_flow_transfer"].items():
+    here["cross_flow_transfer"] = cross_flow(here["flows"], ks)
+    for pair, t in here["cross_flow_transfer"].items():
         print(_pair_line(pair, t))
+    for line in other_machine_transfers(section["machines"], ks):
+        print(line)
     atomic_write_text(results_path, json.dumps(results, indent=2, default=str) + "\n")
     print(f"results: {results_path} (key drift_cancelled)")
     return 0

@@ -66,9 +66,9 @@ def test_smoke_run_scores_ratios_transfers_and_resumes(env, capsys):
     assert bench().main(argv) == 0
     results = json.loads((out / "latency.json").read_text())
     assert results["flows"] == {"torch": {"kept": True}}  # the file's other content stays
-    section = results["drift_cancelled"]
+    (slug, section), = results["drift_cancelled"]["machines"].items()  # this machine's section
     fake = section["flows"]["fake-p16-c20-t1"]
-    assert fake["machine"]["table"] == fake["machine"]["holdout_table"] and fake["machine"]["slug"]
+    assert fake["machine"]["table"] == fake["machine"]["holdout_table"] and fake["machine"]["slug"] == slug
     assert fake["machine"]["transfer_source"] == "AMD EPYC (2 cores)"
     assert len(fake["holdout_shapes"]) == 2 and fake["reference_shape"] == "d30-f1-h1"
     assert fake["ratio_accuracy_on_holdout"]["decode"]["within_10pct"] == 1.0
@@ -85,10 +85,22 @@ def test_smoke_run_scores_ratios_transfers_and_resumes(env, capsys):
     assert pair["target_own_table_ratio"]["within_10pct"] == 1.0
     # --study transfer scores the same transfers again from the tables, measuring nothing
     assert bench().main(["--study", "transfer", "--results", str(out / "latency.json")]) == 0
-    again = json.loads((out / "latency.json").read_text())["drift_cancelled"]
+    again = json.loads((out / "latency.json").read_text())["drift_cancelled"]["machines"][slug]
     assert again["flows"]["fake-p16-c20-t1"]["transfer_from_committed"] == fake["transfer_from_committed"]
     assert again["cross_flow_transfer"] == section["cross_flow_transfer"] and again["transfer_rescored"]
     assert len(table.read_text().splitlines()) == rows
+    # the same flow measured on another machine (here: one twice as slow) transfers to this one's, and back
+    doc = json.loads((out / "latency.json").read_text())
+    doc["drift_cancelled"]["machines"]["other-2c"] = {"flows": {"fake-p16-c20-t1": section["flows"]["slowfake-p16-c20-t1"]}}
+    (out / "latency.json").write_text(json.dumps(doc))
+    assert bench().main(["--study", "transfer", "--results", str(out / "latency.json")]) == 0
+    machines = json.loads((out / "latency.json").read_text())["drift_cancelled"]["machines"]
+    here = machines[slug]["flows"]["fake-p16-c20-t1"]
+    assert set(here["transfer_from_other_machines"]) == {"other-2c"}
+    assert here["transfer_from_other_machines"]["other-2c"]["k1"]["decode_ratio"]["max_ape_pct"] < 0.5
+    assert here["targets_met"]["transfer_other_machine_decode_ratio_k_le_5"]
+    assert set(machines["other-2c"]["flows"]["fake-p16-c20-t1"]["transfer_from_other_machines"]) == {slug}
+    assert "other-2c -> " + slug in capsys.readouterr().out
     # a second run resumes the tables: nothing is measured again
     assert bench().main(argv) == 0
     assert len(table.read_text().splitlines()) == rows
@@ -97,7 +109,7 @@ def test_smoke_run_scores_ratios_transfers_and_resumes(env, capsys):
     # --passes 2 resumes with a second row per shape, and scores the first pass alone beside both
     assert bench().main([*argv, "--passes", "2"]) == 0
     assert len(table.read_text().splitlines()) == 2 * rows - 1
-    twice = json.loads((out / "latency.json").read_text())["drift_cancelled"]["flows"]["fake-p16-c20-t1"]
+    twice = json.loads((out / "latency.json").read_text())["drift_cancelled"]["machines"][slug]["flows"]["fake-p16-c20-t1"]
     assert twice["reference_now"]["loads"] == 2 and len(twice["reference_now"]["decode_per_load"]) == 2
     by_passes = twice["ratio_accuracy_by_passes"]
     assert set(by_passes) == {"passes_1", "passes_2"}

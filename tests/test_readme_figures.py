@@ -56,8 +56,15 @@ def _score(v) -> str:
     return f"{v['mape_pct']}% / {100 * v['within_10pct']:.0f}%"
 
 
-def _drift(d, flow="torch"):
-    return d["drift_cancelled"]["flows"][flow]
+XEON, AMD = "intel-xeon-2c", "amd-epyc-2c"
+
+
+def _machine(d, slug=XEON):
+    return d["drift_cancelled"]["machines"][slug]
+
+
+def _drift(d, flow="torch", slug=XEON):
+    return _machine(d, slug)["flows"][flow]
 
 
 def _transfer_row(k: int):
@@ -80,7 +87,7 @@ def _cross_flow_row(source: str, label: str):
 def _xeon_pair_row(pair: str):
     """A row of the Xeon's flow-to-flow table: decode ms and decode ratio per K, each beside the target's own table."""
     def text(d):
-        t = d["drift_cancelled"]["cross_flow_transfer"][pair]
+        t = _machine(d)["cross_flow_transfer"][pair]
         return (f"| {pair} | " + ", ".join(_score(t[f"k{k}"]["decode"]) for k in (1, 3, 5))
                 + f" | {_score(t['target_own_table']['decode'])} | "
                 + ", ".join(_score(t[f"k{k}"]["decode_ratio"]) for k in (1, 3, 5))
@@ -88,10 +95,21 @@ def _xeon_pair_row(pair: str):
     return text
 
 
-def _passes_row(flow: str, k: int):
+def _machine_transfer_row(label: str, source: str | None, target: str):
+    """A row of the machine-to-machine llama.cpp transfers: decode ratio per K, and the target's own table
+    (``source`` None: the committed profile table, ``transfer_from_committed``)."""
+    def text(d):
+        flow = _drift(d, "llamacpp", target)
+        t = flow["transfer_from_committed"] if source is None else flow["transfer_from_other_machines"][source]
+        return (f"| {label} | " + " | ".join(_score(t[f"k{k}"]["decode_ratio"]) for k in (1, 3, 5))
+                + f" | {_score(flow['ratio_accuracy_on_holdout']['decode'])} |")
+    return text
+
+
+def _passes_row(flow: str, k: int, slug: str = XEON):
     """A row of a flow's passes table: ratio scores from the first k passes, and (k > 1) the held-out spread."""
     def text(d):
-        scores = _drift(d, flow)["ratio_accuracy_by_passes"][f"passes_{k}"]
+        scores = _drift(d, flow, slug)["ratio_accuracy_by_passes"][f"passes_{k}"]
         spread = scores["holdout_decode_ratio_spread_across_passes"]
         return (f"| {k} | " + " | ".join(_score(scores["ratio"][m]) for m in ("decode", "prefill"))
                 + (" | |" if k == 1 else f" | {100 * spread:.2f}% |"))
@@ -144,12 +162,15 @@ LATENCY_CLAIMS = [
         _score(_drift(d, "llamacpp")["transfer_from_committed"][f"k{k}"]["decode"]) for k in (1, 3, 5))),
     *[("latency.json", _xeon_pair_row(pair)) for pair in ("torch->llamacpp", "ort->llamacpp", "llamacpp->torch",
                                                           "ort->torch", "torch->ort", "llamacpp->ort")],
-    ("latency.json", lambda d: "**Two targets are met, each for two flows.**" if sorted(
-        (f, t) for f, r in d["drift_cancelled"]["flows"].items() for t, met in r["targets_met"].items() if met)
-        == [("llamacpp", "ratio_decode"), ("llamacpp", "transfer_decode_ratio_k_le_5"), ("ort", "ratio_decode"),
-            ("ort", "transfer_decode_ratio_k_le_5")] and not any(
-        p["target_met_decode_k_le_5"] for p in d["drift_cancelled"]["cross_flow_transfer"].values()) and [
-        p for p, t in d["drift_cancelled"]["cross_flow_transfer"].items() if t["target_met_decode_ratio_k_le_5"]]
+    ("latency.json", lambda d: "**Two targets are met, each for two flows, and transfer between machines meets its "
+                               "target once.**" if sorted(
+        (m, f, t) for m in (XEON, AMD) for f, r in _machine(d, m)["flows"].items()
+        for t, met in r["targets_met"].items() if met)
+        == [(XEON, "llamacpp", "ratio_decode"), (XEON, "llamacpp", "transfer_decode_ratio_k_le_5"),
+            (XEON, "llamacpp", "transfer_other_machine_decode_ratio_k_le_5"), (XEON, "ort", "ratio_decode"),
+            (XEON, "ort", "transfer_decode_ratio_k_le_5")] and not any(
+        p["target_met_decode_k_le_5"] for p in _machine(d)["cross_flow_transfer"].values()) and [
+        p for p, t in _machine(d)["cross_flow_transfer"].items() if t["target_met_decode_ratio_k_le_5"]]
         == ["ort->llamacpp"] and [
         p for p, t in d["drift_cancelled"]["cross_flow_transfer_committed"]["pairs"].items()
         if t["target_met_decode_k_le_5"]] == ["ort->torch"] else "other targets"),
@@ -159,7 +180,7 @@ LATENCY_CLAIMS = [
         "with five ({:.0f}%, in milliseconds)").format(
         100 * _drift(d, "llamacpp")["transfer_from_committed"]["k3"]["decode_ratio"]["within_10pct"],
         100 * _drift(d, "ort")["transfer_from_committed"]["k5"]["decode_ratio"]["within_10pct"],
-        100 * d["drift_cancelled"]["cross_flow_transfer"]["ort->llamacpp"]["k1"]["decode_ratio"]["within_10pct"],
+        100 * _machine(d)["cross_flow_transfer"]["ort->llamacpp"]["k1"]["decode_ratio"]["within_10pct"],
         100 * d["drift_cancelled"]["cross_flow_transfer_committed"]["pairs"]["ort->torch"]["k5"]["decode"]["within_10pct"])),
     *[("latency.json", _passes_row("llamacpp", k)) for k in (1, 2, 3)],
     ("latency.json", lambda d: "in three fresh loads ({:.1f}, {:.1f} and {:.1f}".format(
@@ -201,6 +222,37 @@ LATENCY_CLAIMS = [
         ["kind"] for f in ("ort", "llamacpp", "openvino")] == ["grouped", "affine", "affine"] else "other corrections"),
     *[("latency.json", _cross_flow_row(f, label))
       for f, label in (("torch", "torch"), ("ort", "ORT"), ("llamacpp", "llama.cpp"), ("openvino", "OpenVINO"))],
+    # the second machine's llama.cpp study
+    *[("latency.json", lambda d, row=row, key=key, m=m: f"| AMD llama.cpp{row} | " + " | ".join(
+        _score(_drift(d, "llamacpp", AMD)[key][x]) for x in m) + " |") for row, key, m in (
+        (": ratio to the full model, as the table predicts it", "ratio_accuracy_on_holdout", ("decode", "prefill")),
+        (" ms: predicted ratio × the full model timed now", "absolute_accuracy_on_holdout_ratio_x_reference_now",
+         ("decode", "prefill", "e2e")),
+        (" ms: the table's own milliseconds", "absolute_accuracy_on_holdout_table_ms", ("decode", "prefill", "e2e")))],
+    *[("latency.json", _passes_row("llamacpp", k, AMD)) for k in (1, 2, 3)],
+    ("latency.json", lambda d: "38 of the 240 shapes took {:.0f} s, and the 30 held-out shapes took {:.0f} s. Other "
+                               "processes kept a median {} cores busy".format(
+        _drift(d, "llamacpp", AMD)["cost"]["table_profiling_s"], _drift(d, "llamacpp", AMD)["cost"]["holdout_profiling_s"],
+        _drift(d, "llamacpp", AMD)["other_processes_busy_cores"]["table_median"])),
+    ("latency.json", lambda d: "differs across its three passes by a median {:.2f}% (Xeon {:.2f}%)".format(
+        100 * _drift(d, "llamacpp", AMD)["ratio_accuracy_by_passes"]["passes_3"]["holdout_decode_ratio_spread_across_passes"],
+        100 * _drift(d, "llamacpp")["ratio_accuracy_by_passes"]["passes_3"]["holdout_decode_ratio_spread_across_passes"])),
+    ("latency.json", lambda d: "decoded at a median {:.1f} ms/token during the table, {:.1f} during the held-out run and "
+                               "{:.1f} at the end ({:.1f}, {:.1f} and {:.1f} in three fresh loads), so the reference timed "
+                               "now is {}% slower".format(
+        *(_drift(d, "llamacpp", AMD)["reference_decode_drift"][k] for k in ("table_median_ms", "holdout_median_ms", "now_ms")),
+        *_drift(d, "llamacpp", AMD)["reference_now"]["decode_per_load"],
+        _drift(d, "llamacpp", AMD)["reference_decode_drift"]["now_vs_table_pct"])),
+    ("latency.json", lambda d: "The noise floor during the table is {}%.".format(
+        _drift(d, "llamacpp", AMD)["error_over_noise_floor"]["noise_floor_decode_pct"])),
+    *[("latency.json", _machine_transfer_row(label, source, target)) for label, source, target in (
+        ("AMD EPYC (AVX-512) → Intel Xeon", AMD, XEON), ("Intel Xeon → AMD EPYC (AVX-512)", XEON, AMD),
+        ("committed AMD EPYC table → AMD EPYC (AVX-512)", None, AMD))],
+    ("latency.json", lambda d: "One anchor (a single scale) is the best transfer in every direction here" if all(
+        max(range(3), key=lambda i: t[("k1", "k3", "k5")[i]]["decode_ratio"]["within_10pct"]) == 0 for t in (
+            _drift(d, "llamacpp", XEON)["transfer_from_other_machines"][AMD],
+            _drift(d, "llamacpp", AMD)["transfer_from_other_machines"][XEON],
+            _drift(d, "llamacpp", AMD)["transfer_from_committed"])) else "moved"),
 ]
 
 LATENCY_1B_COLUMNS = (("depth", "d8-f1-h1"), ("depth", "d12-f1-h1"), ("ffn", "d16-f0.5-h1"), ("ffn", "d16-f0.75-h1"),
