@@ -307,6 +307,22 @@ CLAIMS = [
                                                   d["finetune_profile"]["other_s_allowed_for_2.5x"],
                                                   d["finetune_profile"]["bf16"]["other_s"],
                                                   d["finetune_profile"]["fp32"]["other_s"])),
+    ("precision-epyc-avx512.json", lambda d: (
+        "| DP, 330 evaluations | {:.0f} s | {:.0f} s | {:.2f}x |".format(
+            d["dp"]["fp32"]["seconds"], d["dp"]["bf16"]["seconds"], d["dp"]["speedup"]))),
+    ("precision-epyc-avx512.json", lambda d: "| perplexity, full model, tokens/s | {:.0f} | {:.0f} | {:.2f}x |".format(
+        d["eval"]["fp32"]["tokens_per_s"], d["eval"]["bf16"]["tokens_per_s"], d["eval"]["speedup"])),
+    ("precision-epyc-avx512.json", lambda d: "| fine-tuning step, median | {:.2f} s | {:.2f} s | {:.2f}x |".format(
+        d["finetune"]["fp32"]["median_step_s"], d["finetune"]["bf16"]["median_step_s"], d["finetune"]["speedup"])),
+    ("precision-epyc-avx512.json", lambda d: "| held-out wiki perplexity at 5 shapes | | | at most {:.2f}% apart |".format(
+        100 * d["ppl"]["max_abs_relative_difference"])),
+    ("precision-epyc-avx512.json", lambda d: "(profiled: matrix products {:.2f}x, everything else {:.2f}x)".format(
+        d["finetune_profile"]["matmul_speedup"], d["finetune_profile"]["other_speedup"])),
+    ("precision-epyc-avx512.json", lambda d: "The DP again keeps different layers only at depth 20." if
+        d["dp"]["same_layers"] == {"24": True, "20": False, "16": True} else "moved"),
+    ("precision-epyc-avx512.json", lambda d: "AMD EPYC VM with AVX512-BF16 and no AMX" if
+        d["dp"]["machine"]["bf16_instructions"] == "avx512_bf16" and d["dp"]["machine"]["cpu_model"] == "AMD EPYC"
+        else "another CPU"),
     ("scale-1b.json", lambda d: f"({d['model']['parameters']:,} parameters"),
     ("scale-1b.json", lambda d: f"Total {d['total_wall_s']:.0f} s"),
     *[("scale-1b.json", _scale_step(name)) for name in ("select", "finetune", "profile-torch", "search", "export")],
