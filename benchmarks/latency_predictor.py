@@ -620,7 +620,10 @@ def rescore_transfer(args) -> int:
     return 0
 
 
-SAME_SETTINGS = ("prompt_len", "context_len", "threads", "smoke")  # results whose tables may be compared
+def comparable(a: dict, b: dict) -> bool:
+    """Whether two flows' results (as ``drift_flow`` writes them) were measured at settings that let one's table
+    be transferred to the other's."""
+    return all(a["settings"].get(k) == b["settings"].get(k) for k in ("prompt_len", "context_len", "threads", "smoke"))
 
 
 def transfer_between(src: dict, dst: dict, ks) -> tuple[dict, object, object]:
@@ -649,13 +652,12 @@ def cross_flow(flows: dict, ks) -> dict:
     out = {}
     for a, ra in done.items():
         for b, rb in done.items():
-            if a == b or ra["machine"]["slug"] != rb["machine"]["slug"] \
-                    or any(ra["settings"].get(k) != rb["settings"].get(k) for k in SAME_SETTINGS):
+            if a == b or ra["machine"]["slug"] != rb["machine"]["slug"] or not comparable(ra, rb):
                 continue
             try:
                 scores, here, truth = transfer_between(ra, rb, ks)
                 out[f"{a}->{b}"] = {"target_table": rb["table"], "holdout_table": rb["holdout_table"],
-                                    "holdout_shapes": len(truth), "machine": here.machine,
+                                    "holdout_shapes": len(truth),
                                     # measuring every design shape
                                     "target_own_table": absolute_accuracy(here, truth),
                                     **({"target_own_table_ratio": ratio_accuracy(here, truth)["decode"]}
@@ -682,12 +684,13 @@ def other_machine_transfers(machines: dict, ks) -> list[str]:
         for key, result in here.get("flows", {}).items():
             if "skipped" in result:
                 continue
-            sources = {other: m["flows"][key] for other, m in machines.items() if other != slug
-                       and "skipped" not in m.get("flows", {}).get(key, {"skipped": True})
-                       and all(m["flows"][key]["settings"].get(k) == result["settings"].get(k) for k in SAME_SETTINGS)}
-            if not sources:
+            out = {}
+            for other, m in machines.items():
+                src = m.get("flows", {}).get(key)
+                if other != slug and src and "skipped" not in src and comparable(src, result):
+                    out[other] = transfer_between(src, result, ks)[0]
+            if not out:
                 continue
-            out = {other: transfer_between(src, result, ks)[0] for other, src in sources.items()}
             lines += [f"{key}: {other} -> {slug} with K={k[1:]} ({t['corrections']['decode']['kind']}): decode ratio "
                       f"{_pct(t['decode_ratio'])}, decode ms {_pct(t['decode'])}"
                       for other in out for k, t in out[other].items() if k.startswith("k") and "decode_ratio" in t]

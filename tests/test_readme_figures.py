@@ -67,6 +67,19 @@ def _drift(d, flow="torch", slug=XEON):
     return _machine(d, slug)["flows"][flow]
 
 
+FLOW_TABLE_ROWS = (  # a drift-cancelled flow's table of held-out scores: row text, result key, metrics
+    (": ratio to the full model, as the table predicts it", "ratio_accuracy_on_holdout", ("decode", "prefill")),
+    (" ms: predicted ratio × the full model timed now", "absolute_accuracy_on_holdout_ratio_x_reference_now",
+     ("decode", "prefill", "e2e")),
+    (" ms: the table's own milliseconds", "absolute_accuracy_on_holdout_table_ms", ("decode", "prefill", "e2e")))
+
+
+def _flow_table_rows(label: str, flow: str, slug: str = XEON) -> list:
+    """The claims of a flow's held-out score table, its rows labelled ``label``."""
+    return [("latency.json", lambda d, row=row, key=key, m=m: f"| {label}{row} | " + " | ".join(
+        _score(_drift(d, flow, slug)[key][x]) for x in m) + " |") for row, key, m in FLOW_TABLE_ROWS]
+
+
 def _transfer_row(k: int):
     def text(d):
         t = _drift(d)["transfer_from_committed"][f"k{k}"]
@@ -148,14 +161,7 @@ LATENCY_CLAIMS = [
      .format(100 * _drift(d)["transfer_from_committed"]["k1"]["decode_ratio"]["within_10pct"],
              100 * _drift(d)["ratio_accuracy_on_holdout"]["decode"]["within_10pct"])),
     *[("latency.json", _transfer_row(k)) for k in (1, 3, 5)],
-    ("latency.json", lambda d: "| llama.cpp: ratio to the full model, as the table predicts it | "
-                               f"{_score(_drift(d, 'llamacpp')['ratio_accuracy_on_holdout']['decode'])} | "
-                               f"{_score(_drift(d, 'llamacpp')['ratio_accuracy_on_holdout']['prefill'])} |"),
-    ("latency.json", lambda d: "| llama.cpp ms: predicted ratio × the full model timed now | " + " | ".join(
-        _score(_drift(d, "llamacpp")["absolute_accuracy_on_holdout_ratio_x_reference_now"][m])
-        for m in ("decode", "prefill", "e2e"))),
-    ("latency.json", lambda d: "| llama.cpp ms: the table's own milliseconds | " + " | ".join(
-        _score(_drift(d, "llamacpp")["absolute_accuracy_on_holdout_table_ms"][m]) for m in ("decode", "prefill", "e2e"))),
+    *_flow_table_rows("llama.cpp", "llamacpp"),
     ("latency.json", lambda d: f"during the table) is {_drift(d, 'llamacpp')['error_over_noise_floor']['noise_floor_decode_pct']}%"),
     ("latency.json", lambda d: f"decode MAPE is {_drift(d, 'llamacpp')['error_over_noise_floor']['ratio_decode']} of it"),
     ("latency.json", lambda d: "decode ms, K = 1 / 3 / 5 anchors): " + ", ".join(
@@ -192,12 +198,7 @@ LATENCY_CLAIMS = [
         _score(_drift(d, "llamacpp")["transfer_from_committed"][f"k{k}"]["decode_ratio"]) for k in (1, 3, 5))),
     ("latency.json", lambda d: "38 of the 240 shapes took {:.0f} s, and the 30 held-out shapes took {:.0f} s".format(
         _drift(d, "llamacpp")["cost"]["table_profiling_s"], _drift(d, "llamacpp")["cost"]["holdout_profiling_s"])),
-    *[("latency.json", lambda d, row=row, key=key, m=m: f"| ORT{row} | " + " | ".join(
-        _score(_drift(d, "ort")[key][x]) for x in m) + " |") for row, key, m in (
-        (": ratio to the full model, as the table predicts it", "ratio_accuracy_on_holdout", ("decode", "prefill")),
-        (" ms: predicted ratio × the full model timed now", "absolute_accuracy_on_holdout_ratio_x_reference_now",
-         ("decode", "prefill", "e2e")),
-        (" ms: the table's own milliseconds", "absolute_accuracy_on_holdout_table_ms", ("decode", "prefill", "e2e")))],
+    *_flow_table_rows("ORT", "ort"),
     *[("latency.json", _passes_row("ort", k)) for k in (1, 2)],
     ("latency.json", lambda d: "Two passes of the table's 38 shapes took {:.0f} s, and two of the 30 held-out shapes "
                                "took {:.0f} s".format(_drift(d, "ort")["cost"]["table_profiling_s"],
@@ -223,12 +224,7 @@ LATENCY_CLAIMS = [
     *[("latency.json", _cross_flow_row(f, label))
       for f, label in (("torch", "torch"), ("ort", "ORT"), ("llamacpp", "llama.cpp"), ("openvino", "OpenVINO"))],
     # the second machine's llama.cpp study
-    *[("latency.json", lambda d, row=row, key=key, m=m: f"| AMD llama.cpp{row} | " + " | ".join(
-        _score(_drift(d, "llamacpp", AMD)[key][x]) for x in m) + " |") for row, key, m in (
-        (": ratio to the full model, as the table predicts it", "ratio_accuracy_on_holdout", ("decode", "prefill")),
-        (" ms: predicted ratio × the full model timed now", "absolute_accuracy_on_holdout_ratio_x_reference_now",
-         ("decode", "prefill", "e2e")),
-        (" ms: the table's own milliseconds", "absolute_accuracy_on_holdout_table_ms", ("decode", "prefill", "e2e")))],
+    *_flow_table_rows("AMD llama.cpp", "llamacpp", AMD),
     *[("latency.json", _passes_row("llamacpp", k, AMD)) for k in (1, 2, 3)],
     ("latency.json", lambda d: "38 of the 240 shapes took {:.0f} s, and the 30 held-out shapes took {:.0f} s. Other "
                                "processes kept a median {} cores busy".format(
