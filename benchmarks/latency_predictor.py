@@ -582,6 +582,7 @@ def rescore_transfer(args) -> int:
     for a change in the transfer method."""
     from amoeba_search.paths import atomic_write_text
     from amoeba_search.profiling.lut import LatencyTable
+    from amoeba_search.profiling.table_schema import LatencyTableError
     from amoeba_search.shapes import SubnetShape
 
     ks = sorted({int(k) for k in args.anchors.split(",") if k.strip()})
@@ -594,7 +595,11 @@ def rescore_transfer(args) -> int:
     for key, result in ((k, r) for m in machines.values() for k, r in m.get("flows", {}).items()):
         if "skipped" in result:
             continue
-        table, holdout = LatencyTable.load(_abs(result["table"])), LatencyTable.load(_abs(result["holdout_table"]))
+        try:
+            table, holdout = LatencyTable.load(_abs(result["table"])), LatencyTable.load(_abs(result["holdout_table"]))
+        except (LatencyTableError, OSError) as exc:
+            print(f"{key}: not scored again, its results kept: {exc}", file=sys.stderr)
+            continue
         truth = truths(holdout, result["holdout_shapes"])
         transfer = committed_transfer(_abs(result["transfer_from_committed"]["source_table"]), table, truth, ks,
                                       SubnetShape.parse(result["reference_shape"]), result["reference_now"]["decode"],
@@ -678,7 +683,9 @@ def other_machine_transfers(machines: dict, ks) -> list[str]:
     machine), every other machine's table transferred to this machine's with K anchors from the table here,
     scored on this machine's held-out shapes, into the flow's ``transfer_from_other_machines`` (keyed by the
     source machine) and its ``transfer_other_machine_decode_ratio_k_le_5`` target; returns one line per
-    transfer and K."""
+    transfer and K. A table that is missing or unreadable makes its transfer ``{"skipped": why}``."""
+    from amoeba_search.profiling.table_schema import LatencyTableError
+
     lines = []
     for slug, here in machines.items():
         for key, result in here.get("flows", {}).items():
@@ -687,8 +694,13 @@ def other_machine_transfers(machines: dict, ks) -> list[str]:
             out = {}
             for other, m in machines.items():
                 src = m.get("flows", {}).get(key)
-                if other != slug and src and "skipped" not in src and comparable(src, result):
+                if other == slug or not src or "skipped" in src or not comparable(src, result):
+                    continue
+                try:
                     out[other] = transfer_between(src, result, ks)[0]
+                except (LatencyTableError, OSError) as exc:
+                    out[other] = {"skipped": str(exc)}
+                    lines.append(f"{key}: {other} -> {slug}: skipped: {exc}")
             if not out:
                 continue
             lines += [f"{key}: {other} -> {slug} with K={k[1:]} ({t['corrections']['decode']['kind']}): decode ratio "

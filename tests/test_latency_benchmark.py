@@ -101,6 +101,19 @@ def test_smoke_run_scores_ratios_transfers_and_resumes(env, capsys):
     assert here["targets_met"]["transfer_other_machine_decode_ratio_k_le_5"]
     assert set(machines["other-2c"]["flows"]["fake-p16-c20-t1"]["transfer_from_other_machines"]) == {slug}
     assert "other-2c -> " + slug in capsys.readouterr().out
+    # a source machine whose table is gone is skipped with the reason; the other transfers are still scored
+    doc = json.loads((out / "latency.json").read_text())
+    gone = dict(doc["drift_cancelled"]["machines"]["other-2c"]["flows"]["fake-p16-c20-t1"], table=str(env / "gone.csv"))
+    doc["drift_cancelled"]["machines"]["gone-2c"] = {"flows": {"fake-p16-c20-t1": gone}}
+    (out / "latency.json").write_text(json.dumps(doc))
+    assert bench().main(["--study", "transfer", "--results", str(out / "latency.json")]) == 0
+    here = json.loads((out / "latency.json").read_text())["drift_cancelled"]["machines"][slug]["flows"]["fake-p16-c20-t1"]
+    assert "gone.csv" in here["transfer_from_other_machines"]["gone-2c"]["skipped"]
+    assert here["transfer_from_other_machines"]["other-2c"]["k1"]["decode_ratio"]["max_ape_pct"] < 0.5
+    assert here["targets_met"]["transfer_other_machine_decode_ratio_k_le_5"]
+    assert "gone-2c -> " + slug + ": skipped" in capsys.readouterr().out
+    doc["drift_cancelled"]["machines"].pop("gone-2c")
+    (out / "latency.json").write_text(json.dumps(doc))
     # a second run resumes the tables: nothing is measured again
     assert bench().main(argv) == 0
     assert len(table.read_text().splitlines()) == rows

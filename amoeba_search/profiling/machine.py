@@ -121,7 +121,9 @@ def machine_mismatch(table_machine: str, machine: MachineInfo, *, table_isa=None
     ``machine``, else one line that says both and what it means for the numbers.
 
     Compared: the CPU model (ignoring (R), (TM), "Processor"), the core count and, where the table recorded
-    them (``table_isa``; older tables did not), the ISA flags. A GPU or Jetson label is compared by name with
+    them (``table_isa``; older tables did not), the ISA flags. A table without ISA flags that matches by name
+    and cores cannot be told apart from another VM sold under the same name (two "AMD EPYC (2 cores)" VMs
+    decoded the same model 1.5x apart), so it gets a line too. A GPU or Jetson label is compared by name with
     this machine's GPUs and board.
     """
     model, cores = parse_machine_label(table_machine)
@@ -135,9 +137,13 @@ def machine_mismatch(table_machine: str, machine: MachineInfo, *, table_isa=None
         isa = None if table_isa is None else tuple(sorted(set(table_isa) & set(ISA_FLAGS)))
         same_cpu = short_cpu_name(model).lower() == short_cpu_name(machine.cpu_model).lower()
         same_isa = isa is None or not machine.isa or set(isa) == set(machine.isa)
-        if same_cpu and cores == machine.cpu_cores and same_isa:
-            return None
         theirs, mine = cpu_label(model, cores, isa), machine.cpu_label()
+        if same_cpu and cores == machine.cpu_cores and same_isa:
+            if isa is not None or not machine.isa:
+                return None
+            return (f"{table_name} was measured on {theirs} and records no ISA flags, so it matches this {mine} "
+                    f"by name and cores only: machines sold under one name can differ in speed; re-measure here "
+                    f"(amoeba-profile) for a table that is this machine's")
         if theirs == mine and isa is not None:  # only flags the summary does not name differ
             extra, missing = sorted(set(machine.isa) - set(isa)), sorted(set(isa) - set(machine.isa))
             mine += " with " + ", ".join([f"+{f}" for f in extra] + [f"-{f}" for f in missing])

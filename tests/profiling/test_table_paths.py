@@ -164,8 +164,17 @@ def _table(tmp_path, machine_label="AMD EPYC (2 cores)", isa=None, name="torch.c
 
 def test_same_machine_gives_no_line(tmp_path):
     here = machine(cpu_model="AMD EPYC Processor", cpu_cores=2, isa=EPYC_ISA)
-    assert table_machine_warning(_table(tmp_path), here) is None  # old table: no ISA recorded, not compared
     assert table_machine_warning(_table(tmp_path, isa=EPYC_ISA, name="isa.csv"), here) is None
+
+
+def test_a_table_without_isa_flags_is_only_a_match_by_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    here = machine(cpu_model="AMD EPYC Processor", cpu_cores=2, isa=EPYC_ISA)
+    line = table_machine_warning(_table(tmp_path), here)  # older tables recorded no ISA flags
+    assert line == ("latency table tiny/cpu/torch.csv was measured on AMD EPYC (2 cores) and records no ISA flags, "
+                    "so it matches this AMD EPYC (2 cores, AVX2) by name and cores only: machines sold under one "
+                    "name can differ in speed; re-measure here (amoeba-profile) for a table that is this machine's")
+    assert table_machine_warning(_table(tmp_path, name="old.csv"), machine(cpu_model="AMD EPYC", cpu_cores=2)) is None
 
 
 def test_another_cpu_gives_one_line_with_both_machines(tmp_path, monkeypatch):
